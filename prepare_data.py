@@ -1,0 +1,32 @@
+"""Tokenize a text source with GPT-2's BPE into llm.c-format token shards (+ manifest.json).
+
+    python prepare_data.py                                   # FineWeb-Edu sample-10BT from the Hub (streamed)
+    python prepare_data.py --source ../shared/data/fineweb_edu_sample --out data/demo --shard-size 1000000
+"""
+
+import shlex
+import sys
+
+from transformers import HfArgumentParser
+
+from modeling.prepare import OutputDirError, PrepareArguments, prepare_shards
+from modeling.shards import ShardFormatError
+from modeling.sources import SourceError
+from modeling.tokenizer import TokenizerNotFoundError
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = HfArgumentParser(PrepareArguments, description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        manifest = prepare_shards(args, command=shlex.join(["prepare_data.py", *argv]))
+    except (SourceError, OutputDirError, ShardFormatError, TokenizerNotFoundError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"prepare_data.py: error: {e}")
+    totals = manifest["totals"]
+    print(f"{args.out}: {len(manifest['shards'])} shards, {totals['docs']:,} documents, {totals['tokens']:,} tokens "
+          f"(val {totals['val_tokens']:,}, train {totals['train_tokens']:,})")
+
+
+if __name__ == "__main__":
+    main()
