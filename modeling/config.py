@@ -1,0 +1,146 @@
+"""Training configuration: one dataclass, filled from a YAML recipe in configs/train/ plus command-line overrides.
+
+Field names follow ``transformers.TrainingArguments`` wherever the concept exists, so HF users know them;
+``HfArgumentParser`` turns the dataclass into the command line (``--learning_rate 3e-4``, ``--compile``, ...).
+
+    python train_hf.py configs/train/cpu-demo.yaml --max_steps 50 --output_dir runs/x
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from transformers import HfArgumentParser
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says which field and what to do."""
+
+
+@dataclass
+class TrainingConfig:
+    # --- data and model ---
+    data_dir: str = field(default="data/fineweb-edu-10BT", metadata={"help": "Directory of token shards from prepare_data.py."})
+    model_config: str = field(default="gpt2-124m", metadata={"help": "Preset in configs/model/ (e.g. gpt2-124m, small, tiny) or a GPT2Config JSON path."})
+    seq_len: int = field(default=1024, metadata={"help": "Tokens per training sequence (<= the model's n_positions)."})
+    pad_vocab_to_multiple_of: int = field(default=64, metadata={
+        "help": "Train with the vocabulary padded (50257 -> 50304) for faster matmuls; checkpoints are saved trimmed."})
+    shuffle: bool = field(default=True, metadata={"help": "Shuffle shard order and windows within a shard each epoch (seeded)."})
+    # --- batch: tokens per optimizer step = per_device_train_batch_size x seq_len x gradient_accumulation_steps x processes ---
+    total_batch_size: Optional[int] = field(default=524288, metadata={"help": "Tokens per optimizer step; accumulation is derived from it."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Sequences per micro-batch per process."})
+    gradient_accumulation_steps: Optional[int] = field(default=None, metadata={"help": "Derived from total_batch_size when unset."})
+    # --- optimization ---
+    max_steps: int = field(default=19073, metadata={"help": "Optimizer steps."})
+    learning_rate: float = 6e-4
+    min_lr: float = field(default=6e-5, metadata={"help": "LR at the end of the cosine decay."})
+    warmup_steps: int = 715
+    weight_decay: float = field(default=0.1, metadata={"help": "Applied to 2-D weights (matmuls, embeddings) only."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (weights and optimizer state stay fp32)."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    seed: int = 1337
+    # --- evaluation, logging, checkpoints ---
+    output_dir: str = field(default="runs/gpt2-124m", metadata={"help": "metrics.jsonl, checkpoint-N/, tracker logs."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start afresh even if output_dir has checkpoints (deletes them)."})
+    eval_steps: int = field(default=250, metadata={"help": "Val loss (and samples) every N steps; 0 = only at the end."})
+    eval_batches: int = field(default=20, metadata={"help": "Val batches of per_device_train_batch_size sequences per evaluation, shared by all processes."})
+    num_samples: int = field(default=2, metadata={"help": "Sampled generations printed at each evaluation."})
+    sample_prompt: str = "Hello, I'm a language model,"
+    sample_max_new_tokens: int = 32
+    hellaswag_steps: int = field(default=0, metadata={"help": "In-loop HellaSwag every N steps; 0 = off."})
+    hellaswag_limit: Optional[int] = field(default=None, metadata={"help": "Examples per in-loop HellaSwag run (None = all)."})
+    hellaswag_data: Optional[str] = field(default=None, metadata={"help": "HellaSwag file (default: the Hub's Rowan/hellaswag)."})
+    logging_steps: int = field(default=1, metadata={"help": "Write metrics every N steps."})
+    save_steps: int = field(default=5000, metadata={"help": "Checkpoint every N steps (and always at the end)."})
+    save_total_limit: Optional[int] = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint-N path."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Trackers: tensorboard, wandb, ..., comma-separated, or none."})
+    run_name: str = field(default="gpt2-hf", metadata={"help": "Tracker project/run name."})
+    dataloader_num_workers: int = 0
+    peak_flops: Optional[float] = field(default=None, metadata={"help": "Device peak FLOP/s for MFU (default: known GPUs, or measured on CPU)."})
+
+    # Fields a resumed run must share with its checkpoint: they fix the model, the data order and the schedule.
+    RUN_DEFINING = ("data_dir", "model_config", "seq_len", "pad_vocab_to_multiple_of", "shuffle", "total_batch_size",
+                    "max_steps", "learning_rate", "min_lr", "warmup_steps", "weight_decay", "adam_beta1",
+                    "adam_beta2", "adam_epsilon", "max_grad_norm", "seed")
+
+    def __post_init__(self):
+        positive = ("seq_len", "per_device_train_batch_size", "max_steps", "eval_batches", "logging_steps", "save_steps",
+                    "pad_vocab_to_multiple_of")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.total_batch_size is None and self.gradient_accumulation_steps is None:
+            raise ConfigError("Set total_batch_size (tokens per optimizer step) or gradient_accumulation_steps.")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate}).")
+
+    @property
+    def trackers(self) -> list[str]:
+        names = [t.strip() for t in self.report_to.split(",") if t.strip()]
+        return [] if names in ([], ["none"]) else names
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_config_path(name_or_path: str, kind: str, suffixes: tuple[str, ...]) -> Path:
+    """A preset name in configs/<kind>/ or a path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for suffix in suffixes:
+        candidate = CONFIG_DIR / kind / f"{name_or_path}{suffix}"
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*") if p.suffix in suffixes)
+    raise ConfigError(f"{name_or_path!r} is neither a file nor a preset in {CONFIG_DIR / kind} (available: {available}).")
+
+
+def _coerce(path: Path, name: str, value, hint):
+    """A YAML value as the field's type (YAML reads 6e-4 as a string), or a clear error."""
+    args = typing.get_args(hint)
+    base = next(a for a in args if a is not type(None)) if args else hint
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{path}: {name} cannot be null.")
+    try:
+        if base is bool and not isinstance(value, bool):
+            raise TypeError
+        if base is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+            raise TypeError
+        return base(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: {name} = {value!r} is not a valid {base.__name__}.") from None
+
+
+def parse_training_config(argv: list[str]) -> TrainingConfig:
+    """``[recipe.yaml] [--field value ...]``: the recipe's values, then the overrides; unknown keys are errors."""
+    parser = HfArgumentParser(TrainingConfig)
+    if argv and not argv[0].startswith("-"):
+        recipe_path = resolve_config_path(argv[0], "train", (".yaml", ".yml"))
+        recipe = yaml.safe_load(recipe_path.read_text()) or {}
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"{recipe_path}: expected a mapping of field: value, got {type(recipe).__name__}.")
+        known = {f.name for f in dataclasses.fields(TrainingConfig)}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            raise ConfigError(f"{recipe_path}: unknown field(s) {unknown}. Known fields: {sorted(known)}.")
+        hints = typing.get_type_hints(TrainingConfig)
+        parser.set_defaults(**{k: _coerce(recipe_path, k, v, hints[k]) for k, v in recipe.items()})
+        argv = argv[1:]
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    return config

@@ -1,0 +1,89 @@
+"""GPT-2 as the stock ``GPT2LMHeadModel``, built from scratch: presets, init, vocab padding, loss, FLOPs.
+
+Presets (configs/model/*.json) are plain ``GPT2Config`` files with two deliberate choices:
+- dropout 0 everywhere: the reference runs use none, and GPT2Config's 0.1 default would cost quality and speed;
+- ``activation_function: gelu_pytorch_tanh``: the same tanh-GELU as GPT-2's ``gelu_new``, as one fused kernel
+  instead of the Python formula's six.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modeling.config import resolve_config_path
+
+
+def load_model_config(name_or_path: str) -> GPT2Config:
+    """A preset from configs/model/ (``gpt2-124m``, ``small``, ``tiny``, ...) or a path to a GPT2Config JSON."""
+    return GPT2Config.from_json_file(str(resolve_config_path(name_or_path, "model", (".json",))))
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    return math.ceil(vocab_size / multiple) * multiple
+
+
+def build_model(config: GPT2Config, pad_vocab_to_multiple_of: int = 1) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 with the vocabulary padded up to a multiple (50257 -> 50304 for 64).
+
+    Initialisation is Transformers' own GPT-2 scheme, the paper's: N(0, 0.02) for weights and embeddings, zero
+    biases, and the two residual projections per block (attn.c_proj, mlp.c_proj) at 0.02 / sqrt(2 * n_layer).
+    The padding rows are never targets; they only make the LM-head matmul a friendlier shape.
+    """
+    config = copy.deepcopy(config)
+    config.vocab_size = padded_vocab_size(config.vocab_size, pad_vocab_to_multiple_of)
+    config._attn_implementation = "sdpa"  # PyTorch's fused attention (flash / memory-efficient kernels on GPU)
+    return GPT2LMHeadModel(config)
+
+
+def causal_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a (B, T+1) token batch.
+
+    Computed here rather than by passing ``labels``: the model's own loss upcasts a copy of all (B, T, V) logits
+    and shifts the labels, while inputs/targets sliced from one (B, T+1) window need no shift at all.
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each
+    logits = model(input_ids=inputs, use_cache=False).logits  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def trimmed_state_dict(state_dict: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """The weights with the embedding (and the LM head tied to it) cut back to the tokenizer's vocabulary."""
+    trimmed = {}
+    for name, tensor in state_dict.items():
+        if name == "lm_head.weight":
+            continue  # tied to transformer.wte.weight; Transformers re-ties it on load
+        trimmed[name] = tensor[:vocab_size].clone() if name.endswith("wte.weight") else tensor
+    return trimmed
+
+
+def export_model(state_dict: dict[str, torch.Tensor], config: GPT2Config, vocab_size: int) -> GPT2LMHeadModel:
+    """A GPT2LMHeadModel with exactly the original GPT-2's shapes (``vocab_size`` rows) holding ``state_dict``."""
+    config = copy.deepcopy(config)
+    config.vocab_size = vocab_size
+    with torch.device("meta"):  # no time spent initialising weights that are replaced at once
+        model = GPT2LMHeadModel(config)
+    model.load_state_dict(trimmed_state_dict(state_dict, vocab_size), strict=False, assign=True)
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise ValueError(f"state dict is missing {missing[:5]}")
+    return model
+
+
+def num_params(model: torch.nn.Module, include_position_embeddings: bool = False) -> int:
+    """Parameter count (tied weights once); position embeddings excluded by default, as for FLOPs (no matmul)."""
+    total = sum(p.numel() for p in model.parameters())
+    if not include_position_embeddings:
+        total -= model.transformer.wpe.weight.numel()
+    return total
+
+
+def flops_per_token(config: GPT2Config, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): 6N for the weights plus attention's 12 * L * T * d
+    (PaLM paper, appendix B)."""
+    return 6 * n_params + 12 * config.n_layer * seq_len * config.n_embd

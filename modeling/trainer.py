@@ -1,0 +1,327 @@
+"""The training loop: GPT2LMHeadModel from scratch, driven by Accelerate (1 CPU ... many GPUs and nodes).
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches of (B, T+1) tokens on each of the processes;
+``total_batch_size`` tokens in all. See ``train()`` for the whole step on one screen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, set_seed
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from modeling import checkpoint as ckpt
+from modeling.config import ConfigError, TrainingConfig
+from modeling.data import ShardBlockSampler, TokenWindows
+from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params, padded_vocab_size
+from modeling.shards import load_manifest
+from modeling.tokenizer import get_hf_tokenizer
+
+# bf16 dense peak FLOP/s, for the MFU estimate (matched against torch.cuda.get_device_name()).
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12, "L4": 121e12,
+                  "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12}
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved with every checkpoint (accelerator.register_for_checkpointing)."""
+
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches this process has drawn in the current epoch
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def derive_accumulation(config: TrainingConfig, num_processes: int) -> int:
+    """Micro-batches per optimizer step, from the token budget; refuses budgets that do not divide."""
+    per_micro = config.per_device_train_batch_size * config.seq_len * num_processes
+    if config.total_batch_size is None:
+        return config.gradient_accumulation_steps
+    if config.total_batch_size % per_micro:
+        raise ConfigError(
+            f"total_batch_size {config.total_batch_size:,} tokens is not a multiple of per_device_train_batch_size "
+            f"({config.per_device_train_batch_size}) x seq_len ({config.seq_len}) x processes ({num_processes}) = "
+            f"{per_micro:,}. Change one of them, e.g. total_batch_size {max(1, config.total_batch_size // per_micro) * per_micro:,}.")
+    accum = config.total_batch_size // per_micro
+    if config.gradient_accumulation_steps not in (None, accum):
+        raise ConfigError(f"gradient_accumulation_steps {config.gradient_accumulation_steps} contradicts total_batch_size "
+                         f"{config.total_batch_size:,} = {per_micro:,} x {accum}; set only one of them.")
+    return accum
+
+
+class MetricsLog:
+    """``output_dir/metrics.jsonl``: one JSON object per logged step (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():  # drop what was logged after the checkpoint we resume from
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _check_output_dir(config: TrainingConfig, accelerator: Accelerator, run_config: dict) -> Path | None:
+    """The checkpoint to resume from, if any; refuses to mix a new run into a directory holding another."""
+    output_dir = Path(config.output_dir)
+    existing = ckpt.list_checkpoints(output_dir)
+    resume = ckpt.find_checkpoint(output_dir, config.resume_from_checkpoint)
+    if resume is None and existing:
+        if not config.overwrite_output_dir:
+            raise ConfigError(f"{output_dir} already holds {existing[-1][1].name}. Continue it with "
+                             "--resume_from_checkpoint latest, pick another --output_dir, or pass --overwrite_output_dir.")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for _, path in existing:
+                shutil.rmtree(path)
+            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+    if resume is not None:
+        saved = ckpt.read_run_config(resume)
+        run_config = json.loads(json.dumps(run_config))  # compare in the types JSON gives back
+        diffs = [f"{k}: {saved['config'].get(k)!r} -> {run_config['config'][k]!r}"
+                 for k in TrainingConfig.RUN_DEFINING if saved["config"].get(k) != run_config["config"][k]]
+        diffs += [f"model.{k}: {saved['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
+                  if saved["model"].get(k) != v]
+        if diffs:
+            raise ConfigError(f"{resume} was trained with a different configuration:\n  " + "\n  ".join(diffs) +
+                             "\nResume with the same configuration, or train into another --output_dir.")
+    return resume
+
+
+def _check_vocab(train: TokenWindows, model_vocab: int) -> None:
+    manifest = load_manifest(train.data_dir)
+    if manifest is not None:
+        vocab = manifest["identity"]["tokenizer"]["vocab_size"]
+        if vocab > model_vocab:
+            raise ConfigError(f"{train.data_dir}: the shards use a {vocab:,}-token vocabulary but the model has "
+                             f"vocab_size {model_vocab:,}. Use a model config with vocab_size >= {vocab:,}.")
+    elif (top := train.max_token()) >= model_vocab:
+        raise ConfigError(f"{train.paths[0]}: token id {top} is outside the model's vocab_size {model_vocab:,}.")
+
+
+def _optimizer(model: torch.nn.Module, config: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
+    # Weight decay on 2-D tensors (matmul weights, embeddings) only; biases and LayerNorm gains are left alone.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device.type == "cuda"  # one kernel for all parameters
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon, fused=fused)
+
+
+def _peak_flops(config: TrainingConfig, device: torch.device) -> float | None:
+    if config.peak_flops:
+        return config.peak_flops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
+    # CPU: measure what a large matmul reaches in the training dtype, the practical ceiling here.
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    a @ b
+    start, reps = time.perf_counter(), 8
+    for _ in range(reps):
+        a @ b
+    return 2 * 1024**3 * reps / (time.perf_counter() - start)
+
+
+def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainState) -> Iterator[torch.Tensor]:
+    """Micro-batches forever, epoch after epoch, starting exactly where ``state`` says (resume)."""
+    while True:
+        # The prepared loader passes the epoch on to our sampler (and re-applies its own count at every
+        # iteration, so it must be told, not just the sampler); the skipping copy inherits it.
+        loader.set_epoch(state.epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+        for batch in epoch_loader:
+            state.batches_in_epoch += 1
+            yield batch
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
+    """Mean val loss over the fixed val batches, summed across processes."""
+    model.eval()
+    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    for tokens in loader:
+        tokens = tokens.to(accelerator.device)
+        total += torch.stack([causal_lm_loss(model, tokens).double() * tokens[:, 1:].numel(),
+                              torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
+    total = accelerator.reduce(total, "sum")
+    model.train()
+    return (total[0] / total[1]).item()
+
+
+@torch.no_grad()
+def sample_texts(model, tokenizer, prompt: str, num: int, max_new_tokens: int, seed: int) -> list[str]:
+    """A few sampled continuations; the global RNG is left untouched so sampling never changes training."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device).repeat(num, 1)
+        out = model.generate(ids, do_sample=True, top_k=50, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.eos_token_id,
+                             suppress_tokens=list(range(len(tokenizer), model.config.vocab_size)))  # padding rows
+    model.train(was_training)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def train(config: TrainingConfig) -> dict:
+    """Train as configured; returns the last logged metrics."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
+    accelerator = Accelerator(
+        # Several processes and no GPU: DDP over gloo on the CPU (otherwise each process would train alone).
+        cpu=launched > 1 and not torch.cuda.is_available(),
+        mixed_precision="bf16" if config.bf16 else "no",
+        # We call scheduler.step() once per optimizer step ourselves; accelerate would step it once per process.
+        step_scheduler_with_optimizer=False,
+        # Accumulation follows our step loop, not the end of an epoch (which would shift the sync points).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
+        dynamo_backend="inductor" if config.compile else None,
+        log_with=config.trackers or None,
+        project_dir=config.output_dir,
+    )
+    if accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but they did not form one group "
+                          f"({accelerator.num_processes}); set ACCELERATE_USE_CPU=true to train on CPUs.")
+    model_config = load_model_config(config.model_config)
+    if config.seq_len > model_config.n_positions:
+        raise ConfigError(f"seq_len {config.seq_len} is longer than the model's n_positions {model_config.n_positions} "
+                          f"({config.model_config}). Lower seq_len or pick a model config with more positions.")
+    accum = derive_accumulation(config, accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = accum
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast use TF32 tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    set_seed(config.seed)  # the same initial weights on every process
+
+    train_data = TokenWindows(config.data_dir, "train", config.seq_len)
+    _check_vocab(train_data, model_config.vocab_size)
+    B, world = config.per_device_train_batch_size, accelerator.num_processes
+    if len(train_data) < B * world:
+        raise ConfigError(f"{config.data_dir}: {len(train_data)} training windows of {config.seq_len + 1} tokens, fewer "
+                         f"than one batch ({B} x {world} processes). Prepare more data or lower the batch size.")
+    tokenizer = get_hf_tokenizer(model_max_length=model_config.n_positions)
+    run_config = {"config": config.to_dict(), "num_processes": world, "gradient_accumulation_steps": accum,
+                  "model": {k: v for k, v in model_config.to_dict().items()
+                            if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")}}
+    resume_from = _check_output_dir(config, accelerator, run_config)
+
+    model = build_model(model_config, config.pad_vocab_to_multiple_of)
+    optimizer = _optimizer(model, config, device)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps, min_lr=config.min_lr)
+    sampler = ShardBlockSampler(train_data.windows_per_shard, seed=config.seed, shuffle=config.shuffle)
+    loader_kwargs = {"batch_size": B, "drop_last": True, "num_workers": config.dataloader_num_workers,
+                     "pin_memory": device.type == "cuda"}
+    train_loader = DataLoader(train_data, sampler=sampler, **loader_kwargs)
+    # The val set is the first eval_batches x B windows whatever the number of processes; each process takes
+    # every world-th window of it, so the all-reduced loss is the same on 1 or N processes.
+    val_data = TokenWindows(config.data_dir, "val", config.seq_len)
+    n_val = min(len(val_data), config.eval_batches * B)
+    val_slice = Subset(val_data, range(accelerator.process_index, n_val, world))
+    val_loader = DataLoader(val_slice, batch_size=B, num_workers=config.dataloader_num_workers,
+                            pin_memory=device.type == "cuda")
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / ckpt.STATE_DIR))
+        accelerator.print(f"resumed from {resume_from} at step {state.step}")
+
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
+    accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
+    tokens_per_step = B * config.seq_len * accum * world
+    n_params = num_params(accelerator.unwrap_model(model))
+    flops_per_step = flops_per_token(model_config, n_params, config.seq_len) * tokens_per_step
+    peak = _peak_flops(config, device)
+    can_sample = accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    accelerator.print(f"{n_params / 1e6:.1f}M parameters | {world} process(es) x {B} x {config.seq_len} tokens x "
+                      f"{accum} accumulation = {tokens_per_step:,} tokens/step | {len(train_data):,} train windows")
+
+    def save() -> None:
+        ckpt.save_checkpoint(accelerator, model, output_dir, state.step, model_config, tokenizer, run_config,
+                             config.save_total_limit)
+
+    def evaluate() -> dict:
+        result = {"val_loss": evaluate_loss(model, val_loader, accelerator)}
+        if can_sample and accelerator.is_main_process and config.num_samples:
+            for text in sample_texts(accelerator.unwrap_model(model), tokenizer, config.sample_prompt,
+                                     config.num_samples, config.sample_max_new_tokens, config.seed + state.step):
+                tqdm.write(f"[step {state.step}] {text!r}")
+        return result
+
+    batches = _endless_batches(train_loader, accelerator, state)
+    bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
+               dynamic_ncols=True, desc="training")
+    record: dict = {}
+    model.train()
+    while state.step < config.max_steps:
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(accum):
+            tokens = next(batches)  # (B, T+1)
+            with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
+                loss = causal_lm_loss(model, tokens)
+                # backward() divides by `accum`: gradients add up over the micro-batches, so the sum becomes the
+                # mean over the whole batch, the same gradient one big batch would give.
+                accelerator.backward(loss)
+            loss_sum += loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens_seen += tokens_per_step
+
+        last = state.step == config.max_steps
+        do_eval = (config.eval_steps and state.step % config.eval_steps == 0) or last
+        if state.step % config.logging_steps == 0 or do_eval:
+            loss_avg = accelerator.reduce(loss_sum / accum, "mean").item()  # waits for the step to finish
+            seconds = time.perf_counter() - started
+            record = {"step": state.step, "loss": loss_avg, "lr": lr, "grad_norm": float(grad_norm),
+                      "tokens": state.tokens_seen, "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
+            if peak:
+                record["mfu"] = flops_per_step / seconds / (peak * world)
+            if do_eval:
+                record.update(evaluate())
+            metrics.write(record)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+            bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:,.0f}",
+                            **({"mfu": f"{record['mfu']:.1%}"} if peak else {}),
+                            **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}), refresh=False)
+        bar.update(1)
+        if state.step % config.save_steps == 0 or last:
+            save()
+    bar.close()
+    accelerator.end_training()
+    return record

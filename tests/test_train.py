@@ -1,0 +1,254 @@
+"""train_hf.py on the tiny preset: learning, checkpoints, exact resume, DDP equivalence, and clear errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FINEWEB_SAMPLE, ROOT, needs_bpe, needs_fineweb
+from modeling import checkpoint as ckpt
+from modeling.config import ConfigError, TrainingConfig, parse_training_config
+from modeling.data import NoShardsError
+from modeling.model import build_model, causal_lm_loss, export_model, load_model_config
+from modeling.prepare import PrepareArguments, prepare_shards
+
+pytestmark = [needs_bpe, needs_fineweb]
+
+
+def make_data(out, **kwargs):
+    prepare_shards(PrepareArguments(source=str(FINEWEB_SAMPLE), out=str(out), **kwargs), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data"), max_tokens=300_000, shard_size=100_000, val_tokens=20_000)
+
+
+@pytest.fixture(scope="session")
+def epoch_data_dir(tmp_path_factory):
+    # 3 train shards of 400 tokens = 36 windows of 33 tokens: an epoch is 9 micro-batches of 4, so short runs
+    # cross epoch boundaries (reshuffle + resume in the middle of an epoch).
+    return make_data(tmp_path_factory.mktemp("epoch"), max_tokens=1_400, shard_size=400, val_tokens=200)
+
+
+TINY = dict(model_config="tiny", seq_len=32, per_device_train_batch_size=4, total_batch_size=256, max_steps=6,
+            warmup_steps=1, learning_rate=3e-3, min_lr=3e-4, bf16=False, eval_steps=3, eval_batches=2,
+            num_samples=0, save_steps=3, report_to="none")
+
+
+def run(output_dir, data_dir, **overrides) -> list[dict]:
+    """train() in this process; returns metrics.jsonl."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling.trainer import train
+
+    try:
+        train(TrainingConfig(**{**TINY, "data_dir": str(data_dir), "output_dir": str(output_dir), **overrides}))
+    finally:  # accelerate's state is process-wide; the next run in this process starts clean
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return read_metrics(output_dir)
+
+
+def read_metrics(output_dir):
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_presets_have_no_dropout_and_the_paper_shapes():
+    for name, (layers, heads, dim) in {"gpt2-124m": (12, 12, 768), "gpt2-350m": (24, 16, 1024),
+                                       "gpt2-774m": (36, 20, 1280), "gpt2-1558m": (48, 25, 1600)}.items():
+        config = load_model_config(name)
+        assert (config.n_layer, config.n_head, config.n_embd, config.n_positions) == (layers, heads, dim, 1024)
+    for name in ("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "small", "tiny"):
+        config = load_model_config(name)
+        assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0, name
+        assert config.vocab_size == 50257 and config.tie_word_embeddings
+    model = build_model(load_model_config("gpt2-124m"), pad_vocab_to_multiple_of=64)
+    assert sum(p.numel() for p in model.parameters()) == 124_475_904  # 124M with the 50304-row embedding
+
+
+def test_init_is_gpt2s_and_initial_loss_is_ln_vocab(data_dir):
+    torch.manual_seed(0)
+    config = load_model_config("small")
+    model = build_model(config, pad_vocab_to_multiple_of=64)
+    assert model.config.vocab_size == 50304 and model.config._attn_implementation == "sdpa"
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
+    params = dict(model.named_parameters())
+    residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+    for name, p in params.items():
+        if name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight")):
+            assert p.std().item() == pytest.approx(residual_std, rel=0.03), name
+        elif name.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight")):
+            assert p.std().item() == pytest.approx(0.02, rel=0.03), name
+            assert abs(p.mean().item()) < 1e-3
+        elif name.endswith("bias") and ".ln_" not in name and not name.startswith("transformer.ln_f"):
+            assert not p.any(), name
+        elif ".ln_" in name or name.startswith("transformer.ln_f"):
+            assert torch.all(p == (1 if name.endswith("weight") else 0)), name
+    from modeling.data import TokenWindows
+
+    windows = TokenWindows(data_dir, "val", 128)
+    tokens = torch.stack([windows[i] for i in range(8)])
+    with torch.no_grad():
+        loss = causal_lm_loss(model.eval(), tokens).item()
+    # ~ln(vocab): near-uniform predictions. Logits have std 0.02 * sqrt(n_embd) (unit-variance ln_f output times
+    # N(0, 0.02) embeddings), which adds sigma^2 / 2 to the loss of a uniform guess.
+    assert loss == pytest.approx(math.log(50304) + (0.02**2 * config.n_embd) / 2, abs=0.05)
+
+
+def test_trimming_the_vocabulary_keeps_every_real_tokens_logit():
+    torch.manual_seed(0)
+    config = load_model_config("tiny")
+    model = build_model(config, pad_vocab_to_multiple_of=64).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight[50257:] += 1.0  # padding rows that differ from init still must not leak
+        exported = export_model(model.state_dict(), config, vocab_size=50257).eval()
+        ids = torch.randint(0, 50257, (2, 40))
+        padded, trimmed = model(ids).logits, exported(ids).logits
+    assert exported.transformer.wte.weight.shape == (50257, 64) and trimmed.shape[-1] == 50257
+    assert exported.lm_head.weight.data_ptr() == exported.transformer.wte.weight.data_ptr()
+    assert torch.equal(padded[..., :50257], trimmed)
+
+
+def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    out = tmp_path / "run"
+    metrics = run(out, data_dir, max_steps=30, learning_rate=1e-2, min_lr=1e-3, warmup_steps=3, eval_steps=10,
+                  save_steps=10, save_total_limit=2, num_samples=1, bf16=True, report_to="tensorboard")
+    assert [m["step"] for m in metrics] == list(range(1, 31))
+    assert metrics[0]["loss"] == pytest.approx(math.log(50304), abs=0.15)
+    assert np.mean([m["loss"] for m in metrics[-5:]]) < metrics[0]["loss"] - 2.5
+    assert all(k in metrics[9] for k in ("loss", "lr", "grad_norm", "tokens", "tokens_per_second", "val_loss"))
+    assert "val_loss" not in metrics[8] and metrics[-1]["val_loss"] < metrics[9]["val_loss"]
+    assert metrics[-1]["tokens"] == 30 * 256
+    assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-20", "checkpoint-30"]  # limit 2
+    assert not list(out.glob("*.tmp")) and list(out.glob("gpt2-hf/events.out.tfevents.*"))
+
+    final = out / "checkpoint-30"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert model.config.vocab_size == len(tokenizer) == 50257
+    assert model.transformer.wte.weight.shape == (50257, 64) and tokenizer.model_max_length == 256
+    generator = pipeline("text-generation", model=str(final), device="cpu")
+    text = generator("The history of", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The history of") and len(text) > len("The history of")
+    # The exported weights are the trained weights: same logits as the full training state for real tokens.
+    from safetensors.torch import load_file
+
+    trained = load_file(final / ckpt.STATE_DIR / "model.safetensors")
+    assert torch.equal(trained["transformer.wte.weight"][:50257], model.transformer.wte.weight)
+
+
+def _crash_after_saving(monkeypatch, step):
+    original = ckpt.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        path = original(*args, **kwargs)
+        if path.name == f"checkpoint-{step}":
+            raise KeyboardInterrupt("simulated crash")
+        return path
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_crash)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_resume_gives_bit_identical_losses(tmp_path, epoch_data_dir, monkeypatch, shuffle):
+    settings = dict(max_steps=8, save_steps=2, eval_steps=4, shuffle=shuffle)
+    straight = run(tmp_path / "straight", epoch_data_dir, **settings)
+    _crash_after_saving(monkeypatch, step=4)  # 8 micro-batches into a 9-batch epoch
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", epoch_data_dir, **settings)
+    monkeypatch.undo()
+    assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
+    resumed = run(tmp_path / "resumed", epoch_data_dir, resume_from_checkpoint="latest", **settings)
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("step_seconds", "tokens_per_second", "mfu")} for m in ms]  # noqa: E731
+    assert strip(resumed) == strip(straight)  # loss, lr, grad norm, val loss: all bit-identical
+    a = torch.load(tmp_path / "straight/checkpoint-8/training_state/optimizer.bin", weights_only=False)
+    b = torch.load(tmp_path / "resumed/checkpoint-8/training_state/optimizer.bin", weights_only=False)
+    assert all(torch.equal(a["state"][i]["exp_avg"], b["state"][i]["exp_avg"]) for i in a["state"])
+
+
+def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir):
+    common = ["--data_dir", str(data_dir), "--model_config", "tiny", "--seq_len", "32", "--per_device_train_batch_size",
+              "4", "--total_batch_size", "256", "--max_steps", "4", "--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4",
+              "--bf16", "false", "--eval_steps", "2", "--eval_batches", "2", "--num_samples", "0", "--save_steps", "4",
+              "--report_to", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "train_hf.py", *common, "--output_dir",
+                    str(tmp_path / "ddp")], cwd=ROOT, check=True, env=env, capture_output=True)
+    single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4)
+    ddp = read_metrics(tmp_path / "ddp")
+    config = json.loads((tmp_path / "ddp/checkpoint-4/training_state/run_config.json").read_text())
+    assert config["num_processes"] == 2 and config["gradient_accumulation_steps"] == 1
+    assert json.loads((tmp_path / "single/checkpoint-4/training_state/run_config.json").read_text())[
+        "gradient_accumulation_steps"] == 2
+    for a, b in zip(single, ddp, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert ("val_loss" in a) == ("val_loss" in b) and a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)
+
+
+# ---- bad configurations fail early with a message that says what to do ----
+
+def test_missing_shards_say_how_to_make_them(tmp_path):
+    with pytest.raises(NoShardsError, match=r"(?s)No train shards.*python prepare_data.py --out"):
+        run(tmp_path / "o", tmp_path)
+
+
+def test_seq_len_longer_than_the_model(tmp_path, data_dir):
+    with pytest.raises(ConfigError, match="seq_len 512 is longer than the model's n_positions 256"):
+        run(tmp_path / "o", data_dir, seq_len=512)
+
+
+def test_batch_arithmetic_that_does_not_divide(tmp_path, data_dir):
+    with pytest.raises(ConfigError, match=r"total_batch_size 1,000 tokens is not a multiple of .* = 128"):
+        run(tmp_path / "o", data_dir, total_batch_size=1000)
+    with pytest.raises(ConfigError, match="contradicts total_batch_size"):
+        run(tmp_path / "o", data_dir, gradient_accumulation_steps=3)
+
+
+def test_shard_vocabulary_bigger_than_the_model(tmp_path, data_dir):
+    config = json.loads((ROOT / "configs/model/tiny.json").read_text())
+    (tmp_path / "small_vocab.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    with pytest.raises(ConfigError, match=r"50,257-token vocabulary but the model has vocab_size 1,000"):
+        run(tmp_path / "o", data_dir, model_config=str(tmp_path / "small_vocab.json"))
+
+
+def test_output_dir_holding_another_run(tmp_path, data_dir):
+    out = tmp_path / "run"
+    run(out, data_dir, max_steps=2, save_steps=2, eval_steps=2)
+    with pytest.raises(ConfigError, match=r"already holds checkpoint-2.*--resume_from_checkpoint latest"):
+        run(out, data_dir, max_steps=2)
+    with pytest.raises(ConfigError, match=r"(?s)different configuration.*learning_rate: 0.003 -> 0.001"):
+        run(out, data_dir, max_steps=2, learning_rate=1e-3, resume_from_checkpoint="latest")
+    metrics = run(out, data_dir, max_steps=2, learning_rate=1e-3, overwrite_output_dir=True, eval_steps=2, save_steps=2)
+    assert len(metrics) == 2 and ckpt.read_run_config(out / "checkpoint-2")["config"]["learning_rate"] == 1e-3
+
+
+def test_recipe_parsing_and_its_errors(tmp_path):
+    config = parse_training_config(["gpt2-124m-fineweb-edu-10b", "--max_steps", "10", "--learning_rate", "1e-3"])
+    assert (config.total_batch_size, config.warmup_steps, config.min_lr, config.max_steps) == (524288, 715, 6e-5, 10)
+    assert config.learning_rate == 1e-3 and config.bf16 and config.compile
+    (tmp_path / "bad.yaml").write_text("learning_rat: 1e-3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown field\(s\) \['learning_rat'\]"):
+        parse_training_config([str(tmp_path / "bad.yaml")])
+    (tmp_path / "bad.yaml").write_text("max_steps: lots\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: max_steps = 'lots' is not a valid int"):
+        parse_training_config([str(tmp_path / "bad.yaml")])
+    with pytest.raises(ConfigError, match="neither a file nor a preset"):
+        parse_training_config(["no-such-recipe"])
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "train_hf.py", "configs/train/cpu-demo.yaml", "--data_dir",
+                             str(tmp_path), "--output_dir", str(tmp_path / "o")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "train_hf.py: error: No train shards" in result.stderr
