@@ -65,6 +65,7 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / STATE_DIR))
     state_dict = accelerator.get_state_dict(model)  # full weights on the main process, gathered under FSDP/ZeRO-3
+    state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile's wrapper
     if accelerator.is_main_process:
         export_model(state_dict, model_config, vocab_size=len(tokenizer)).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

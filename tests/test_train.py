@@ -146,6 +146,20 @@ def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_
     assert torch.equal(trained["transformer.wte.weight"][:50257], model.transformer.wte.weight)
 
 
+def test_compiled_training_saves_plain_checkpoints_that_resume_uncompiled(tmp_path, data_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    compiled = run(out, data_dir, max_steps=3, save_steps=2, eval_steps=2, compile=True, bf16=True)
+    model = AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")  # no torch.compile prefixes in the export
+    trained = load_file(out / "checkpoint-2" / ckpt.STATE_DIR / "model.safetensors")
+    assert torch.equal(trained["transformer.h.0.attn.c_attn.weight"], model.transformer.h[0].attn.c_attn.weight)
+    resumed = run(out, data_dir, max_steps=3, save_steps=2, eval_steps=2, compile=False, bf16=True,
+                  resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert resumed[:2] == compiled[:2] and resumed[2]["loss"] == pytest.approx(compiled[2]["loss"], rel=1e-3)
+
+
 def _crash_after_saving(monkeypatch, step):
     original = ckpt.save_checkpoint
 
