@@ -18,6 +18,13 @@ DEMO_SOURCE ?= $(SHARED)/fineweb_edu_sample
 else
 DEMO_SOURCE ?= HuggingFaceFW/fineweb-edu
 endif
+HELLASWAG_FILE := $(SHARED)/hellaswag/hellaswag_val_llamacpp_preprocessed.jsonl.gz
+ifneq ($(wildcard $(HELLASWAG_FILE)),)
+HELLASWAG_ARG ?= $(abspath $(HELLASWAG_FILE))
+endif
+# Without a local file, HellaSwag comes from the Hub (Rowan/hellaswag).
+HELLASWAG_TRAIN_FLAG := $(if $(HELLASWAG_ARG),--hellaswag_data $(HELLASWAG_ARG))
+HELLASWAG_EVAL_FLAG := $(if $(HELLASWAG_ARG),--data $(HELLASWAG_ARG))
 
 .PHONY: install demo test bench
 install: $(VENV)/.installed
@@ -28,12 +35,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
+# prepare 2M tokens -> train the tiny preset (~2 min) -> HellaSwag by our scorer and by lm-evaluation-harness.
 demo: install
 	$(BIN)/python prepare_data.py --source $(DEMO_SOURCE) --out $(DEMO_OUT)/data \
 		--max-tokens 2000000 --shard-size 500000 --val-tokens 100000
+	$(BIN)/python train_hf.py configs/train/cpu-demo.yaml --data_dir $(DEMO_OUT)/data \
+		--output_dir $(DEMO_OUT)/run --overwrite_output_dir $(HELLASWAG_TRAIN_FLAG)
+	$(BIN)/python eval_hellaswag.py --model $(DEMO_OUT)/run $(HELLASWAG_EVAL_FLAG) --limit 500 \
+		--backend both --output $(DEMO_OUT)/hellaswag.json
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python bench/prepare_data.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/hellaswag.py

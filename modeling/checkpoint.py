@@ -50,6 +50,14 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None) 
     return path
 
 
+def resolve_model_dir(path: str | Path) -> str:
+    """A Transformers folder as given, or for a run's output_dir its newest checkpoint."""
+    path = Path(path)
+    if path.is_dir() and not (path / "config.json").exists() and (found := list_checkpoints(path)):
+        return str(found[-1][1])
+    return str(path)
+
+
 def read_run_config(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_DIR / RUN_CONFIG).read_text())
 

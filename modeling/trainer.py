@@ -121,6 +121,16 @@ def _check_vocab(train: TokenWindows, model_vocab: int) -> None:
         raise ConfigError(f"{train.paths[0]}: token id {top} is outside the model's vocab_size {model_vocab:,}.")
 
 
+def _load_hellaswag(config: TrainingConfig, accelerator: Accelerator) -> list:
+    from modeling.hellaswag import load_examples
+
+    with accelerator.main_process_first():  # a Hub download happens once, then comes from the cache
+        try:
+            return load_examples(config.hellaswag_data, limit=config.hellaswag_limit)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"hellaswag_data: {e}") from e
+
+
 def _optimizer(model: torch.nn.Module, config: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
     # Weight decay on 2-D tensors (matmul weights, embeddings) only; biases and LayerNorm gains are left alone.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -263,7 +273,11 @@ def train(config: TrainingConfig) -> dict:
     n_params = num_params(accelerator.unwrap_model(model))
     flops_per_step = flops_per_token(model_config, n_params, config.seq_len) * tokens_per_step
     peak = _peak_flops(config, device)
-    can_sample = accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    # Sampling and in-loop HellaSwag run the unwrapped model: that needs a whole copy on every process (DDP).
+    whole_model = accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    hellaswag = _load_hellaswag(config, accelerator) if config.hellaswag_steps and whole_model else None
+    if config.hellaswag_steps and not whole_model:
+        accelerator.print("in-loop HellaSwag is off under FSDP/DeepSpeed; run eval_hellaswag.py on the checkpoints")
     accelerator.print(f"{n_params / 1e6:.1f}M parameters | {world} process(es) x {B} x {config.seq_len} tokens x "
                       f"{accum} accumulation = {tokens_per_step:,} tokens/step | {len(train_data):,} train windows")
 
@@ -271,12 +285,21 @@ def train(config: TrainingConfig) -> dict:
         ckpt.save_checkpoint(accelerator, model, output_dir, state.step, model_config, tokenizer, run_config,
                              config.save_total_limit)
 
-    def evaluate() -> dict:
-        result = {"val_loss": evaluate_loss(model, val_loader, accelerator)}
-        if can_sample and accelerator.is_main_process and config.num_samples:
-            for text in sample_texts(accelerator.unwrap_model(model), tokenizer, config.sample_prompt,
-                                     config.num_samples, config.sample_max_new_tokens, config.seed + state.step):
-                tqdm.write(f"[step {state.step}] {text!r}")
+    def evaluate(val: bool, hellaswag_now: bool) -> dict:
+        result = {}
+        plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # varying shapes: no recompiles
+        if val:
+            result["val_loss"] = evaluate_loss(model, val_loader, accelerator)
+            if whole_model and accelerator.is_main_process and config.num_samples:
+                for text in sample_texts(plain, tokenizer, config.sample_prompt, config.num_samples,
+                                         config.sample_max_new_tokens, config.seed + state.step):
+                    tqdm.write(f"[step {state.step}] {text!r}")
+        if hellaswag_now:
+            from modeling.hellaswag import score_hellaswag
+
+            scores = score_hellaswag(plain, tokenizer, hellaswag, accelerator=accelerator).metrics
+            result["hellaswag"] = scores["nanogpt"]["acc_norm"]  # the reference run's number (completion style)
+            result["hellaswag_lm_eval"] = scores["lm-eval"]["acc_norm"]
         return result
 
     batches = _endless_batches(train_loader, accelerator, state)
@@ -305,20 +328,21 @@ def train(config: TrainingConfig) -> dict:
 
         last = state.step == config.max_steps
         do_eval = (config.eval_steps and state.step % config.eval_steps == 0) or last
-        if state.step % config.logging_steps == 0 or do_eval:
+        do_hellaswag = hellaswag is not None and (state.step % config.hellaswag_steps == 0 or last)
+        if state.step % config.logging_steps == 0 or do_eval or do_hellaswag:
             loss_avg = accelerator.reduce(loss_sum / accum, "mean").item()  # waits for the step to finish
             seconds = time.perf_counter() - started
             record = {"step": state.step, "loss": loss_avg, "lr": lr, "grad_norm": float(grad_norm),
                       "tokens": state.tokens_seen, "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
             if peak:
                 record["mfu"] = flops_per_step / seconds / (peak * world)
-            if do_eval:
-                record.update(evaluate())
+            record.update(evaluate(do_eval, do_hellaswag))
             metrics.write(record)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
             bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:,.0f}",
                             **({"mfu": f"{record['mfu']:.1%}"} if peak else {}),
-                            **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}), refresh=False)
+                            **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}),
+                            **({"hs": f"{record['hellaswag']:.3f}"} if "hellaswag" in record else {}), refresh=False)
         bar.update(1)
         if state.step % config.save_steps == 0 or last:
             save()

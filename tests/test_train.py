@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FINEWEB_SAMPLE, ROOT, needs_bpe, needs_fineweb
+from conftest import FINEWEB_SAMPLE, HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, needs_hellaswag
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig, parse_training_config
 from modeling.data import NoShardsError
@@ -158,6 +158,19 @@ def test_compiled_training_saves_plain_checkpoints_that_resume_uncompiled(tmp_pa
     resumed = run(out, data_dir, max_steps=3, save_steps=2, eval_steps=2, compile=False, bf16=True,
                   resume_from_checkpoint=str(out / "checkpoint-2"))
     assert resumed[:2] == compiled[:2] and resumed[2]["loss"] == pytest.approx(compiled[2]["loss"], rel=1e-3)
+
+
+@needs_hellaswag
+def test_in_loop_hellaswag_is_logged_in_both_conventions(tmp_path, data_dir):
+    metrics = run(tmp_path / "run", data_dir, max_steps=3, eval_steps=3, save_steps=3, hellaswag_steps=2,
+                  hellaswag_limit=12, hellaswag_data=str(HELLASWAG_FILE))
+    logged = {m["step"]: m for m in metrics}
+    assert "hellaswag" not in logged[1] and "val_loss" not in logged[2]
+    for step in (2, 3):  # every hellaswag_steps, and at the end
+        assert 0 <= logged[step]["hellaswag"] <= 1 and 0 <= logged[step]["hellaswag_lm_eval"] <= 1
+        assert logged[step]["hellaswag"] * 12 == round(logged[step]["hellaswag"] * 12)  # a fraction of 12 examples
+    with pytest.raises(ConfigError, match=r"hellaswag_data: .*nope\.jsonl"):
+        run(tmp_path / "bad", data_dir, hellaswag_steps=2, hellaswag_data=str(tmp_path / "nope.jsonl"))
 
 
 def _crash_after_saving(monkeypatch, step):

@@ -1,0 +1,140 @@
+"""Zero-shot HellaSwag of a checkpoint: our fast scorer (nanogpt and lm-eval conventions) and/or lm-evaluation-harness.
+
+    python eval_hellaswag.py --model out/ckpt --data ../shared/data/hellaswag/hellaswag_val_llamacpp_preprocessed.jsonl.gz \
+        --limit 500 --backend both --output hellaswag.json --per_example hellaswag.jsonl
+
+Without --data it reads the Hub dataset Rowan/hellaswag (validation). Under `accelerate launch` every process
+scores a slice and the main process prints and writes. The scoring itself lives in modeling/hellaswag.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import NoReturn
+
+BACKENDS = ("ours", "lm-eval", "both")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint folder (or Hub id) with config, weights and tokenizer, "
+                   "or a training output_dir (its newest checkpoint)")
+    p.add_argument("--data", default=None, help="local .jsonl/.jsonl.gz/.parquet; default: the Hub's Rowan/hellaswag validation")
+    p.add_argument("--limit", type=int, default=None, help="score only this many examples")
+    p.add_argument("--offset", type=int, default=0, help="skip this many examples first")
+    p.add_argument("--backend", choices=BACKENDS, default="ours", help="our scorer, lm-evaluation-harness, or both")
+    p.add_argument("--convention", choices=("both", "nanogpt", "lm-eval"), default="both", help="our scorer's conventions")
+    p.add_argument("--batch_size", type=int, default=16, help="our scorer: examples per forward pass")
+    p.add_argument("--lm_eval_batch_size", type=int, default=None,
+                   help="lm-eval: requests (one ending each) per forward; default: --batch_size")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights' dtype")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...; default: the accelerate device, else cuda if available")
+    p.add_argument("--output", default=None, help="write the metrics as JSON here")
+    p.add_argument("--per_example", default=None, help="write one JSON line per example here (scores, predictions, label)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    return p.parse_args(argv)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"eval_hellaswag.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modeling.hellaswag import CONVENTIONS, load_examples, score_hellaswag
+
+    if not args.progress:  # keep the report readable: no loading bars from datasets/transformers
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate/torchrun: each process takes a slice
+        from accelerate import Accelerator
+
+        # No GPU: the processes join over gloo on the CPU (otherwise each would score everything alone).
+        accelerator = Accelerator(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = accelerator.device if accelerator else torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    is_main = accelerator is None or accelerator.is_main_process
+
+    from modeling.checkpoint import resolve_model_dir
+
+    args.model = resolve_model_dir(args.model)
+    looks_like_path = args.model.startswith((".", "~")) or os.path.isabs(args.model) or args.model.count("/") > 1
+    if looks_like_path and not os.path.isdir(os.path.expanduser(args.model)):
+        _fail(f"checkpoint folder {args.model} does not exist")
+    try:
+        examples = load_examples(args.data, limit=args.limit, offset=args.offset)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    source = args.data or "Hub Rowan/hellaswag (validation)"
+    conventions = CONVENTIONS if args.convention == "both" else (args.convention,)
+    report: dict[str, dict] = {}
+    result = None
+    if args.backend in ("ours", "both"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.model)
+            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
+        except OSError as e:
+            _fail(f"cannot load the checkpoint {args.model}: {e}")
+        try:
+            result = score_hellaswag(model, tokenizer, examples, batch_size=args.batch_size, accelerator=accelerator,
+                                     show_progress=args.progress and is_main, conventions=conventions)
+        except ValueError as e:
+            _fail(str(e))
+        report.update(result.metrics)
+        del model
+    harness = comparison = None
+    if args.backend in ("lm-eval", "both"):
+        from modeling.harness import compare, run_harness
+
+        harness = run_harness(args.model, data=args.data, indices=[ex.index for ex in examples],
+                              batch_size=args.lm_eval_batch_size or args.batch_size, device=str(device), dtype=args.dtype)
+        if harness is not None:
+            report["harness"] = dict(harness.metrics)
+            if result is not None and "lm-eval" in conventions:
+                comparison = compare(result.records, harness)
+                report["harness"].update(comparison)
+    if not is_main:
+        return
+
+    print(f"HellaSwag zero-shot: {len(examples)} examples of {source} from offset {args.offset}, "
+          f"model {args.model}, {args.dtype} on {device}")
+    print(f"{'scorer':<10}{'convention':<12}{'acc':>8}{'acc_norm':>10}{'n':>7}{'truncated':>11}{'seconds':>9}")
+    for conv in conventions if result else ():
+        m = result.metrics[conv]
+        print(f"{'ours':<10}{conv:<12}{m['acc']:>8.4f}{m['acc_norm']:>10.4f}{m['n']:>7}{m['truncated']:>11}{result.seconds:>9.1f}")
+    if harness:
+        m = harness.metrics
+        print(f"{'harness':<10}{'lm-eval':<12}{m['acc']:>8.4f}{m['acc_norm']:>10.4f}{m['n']:>7}{'':>11}{harness.seconds:>9.1f}")
+    if comparison:
+        agree = comparison["disagreements_acc"] == comparison["disagreements_acc_norm"] == 0
+        print(f"{'AGREE' if agree else 'WARNING: DISAGREE'}: ours (lm-eval convention) vs harness, per example: "
+              f"{comparison['disagreements_acc']} different acc predictions, {comparison['disagreements_acc_norm']} "
+              f"different acc_norm predictions, max |log-likelihood difference| {comparison['max_abs_logprob_diff']:.2e}")
+    if result and any(result.metrics[c]["truncated"] for c in conventions):
+        print("note: examples longer than the model's context were truncated from the left, as lm-eval does (counted above)")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.output}")
+    if args.per_example:
+        if result:  # our scores in each convention (plus the harness's, when it ran)
+            result.write_per_example(args.per_example)
+        else:
+            with open(args.per_example, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps({"index": i, "label": r["label"], "harness": r}) + "\n" for i, r in harness.records.items())
+        print(f"wrote {args.per_example}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""lm-evaluation-harness's HellaSwag, offline, through its Python API, and the example-by-example comparison with ours.
+
+The task is ours (``modeling/lm_eval_tasks/hellaswag_local``: a local-data copy of lm-eval's ``hellaswag`` whose
+prompts are built by lm-eval's own ``process_docs``). Its YAML names the data file relative to the working
+directory, which only suits runs from the repository root, so each run here writes a temporary copy of the task
+folder whose YAML points at the absolute path of the file asked for (or at the Hub dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TASK_NAME = "hellaswag_local"
+TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks" / TASK_NAME
+TASK_YAML = TASK_DIR / f"{TASK_NAME}.yaml"
+
+
+@dataclass
+class HarnessResult:
+    """metrics: {acc, acc_norm, n} as lm-eval reports them; records: index -> {logprobs, pred, pred_norm, label}."""
+
+    metrics: dict[str, float | int]
+    records: dict[int, dict]
+    seconds: float
+
+
+def write_task_dir(dest: str | Path, data: str | None) -> Path:
+    """Copy the shipped task folder into ``dest`` with its data source replaced by ``data`` (absolute) or the Hub."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    text = TASK_YAML.read_text(encoding="utf-8")
+    if data is None:  # the Hub dataset, exactly as lm-eval's built-in task reads it
+        text = _replace_line(text, r"dataset_path: .*", "dataset_path: Rowan/hellaswag")
+        text = re.sub(r"(?m)^dataset_kwargs:\n(?:  .*\n)+", "", text)
+    else:
+        path = Path(data).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"HellaSwag file {path} does not exist")
+        builder = "parquet" if path.name.lower().endswith(".parquet") else "json"
+        text = _replace_line(text, r"dataset_path: .*", f"dataset_path: {builder}")
+        text = _replace_line(text, r"    validation: .*", f"    validation: {json.dumps(str(path))}")
+    (dest / TASK_YAML.name).write_text(text, encoding="utf-8")
+    shutil.copy(TASK_DIR / "utils.py", dest / "utils.py")
+    return dest
+
+
+def _replace_line(text: str, pattern: str, replacement: str) -> str:
+    new_text, count = re.subn(f"(?m)^{pattern}$", lambda _: replacement, text)
+    if count != 1:
+        raise RuntimeError(f"{TASK_YAML}: expected exactly one line matching {pattern!r}, found {count}; "
+                           "modeling/harness.py patches that line, update one or the other")
+    return new_text
+
+
+def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list[int] | None = None,
+                batch_size: int = 16, device: str = "cpu", dtype: str = "float32") -> HarnessResult | None:
+    """Run lm-eval's ``simple_evaluate`` on our ``hellaswag_local`` task and collect per-example log-likelihoods.
+
+    ``model`` is a checkpoint folder (lm-eval loads it with ``dtype``, as its CLI would) or an in-memory model
+    (then pass its ``tokenizer``). ``indices`` selects rows of the data (default: all). Under several processes
+    lm-eval shares the work itself; the result is returned on the main process and None elsewhere.
+    """
+    import lm_eval
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from lm_eval.tasks import TaskManager
+
+    t0 = time.perf_counter()
+    accelerate_was_set_up = bool(PartialState._shared_state) or bool(AcceleratorState._shared_state)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hellaswag_task_") as task_dir:
+            write_task_dir(task_dir, data)
+            task_manager = TaskManager(include_path=task_dir, include_defaults=False)
+            if isinstance(model, (str, Path)):
+                lm, model_args = "hf", {"pretrained": str(model), "dtype": dtype}
+            else:
+                from lm_eval.models.huggingface import HFLM
+
+                lm, model_args = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), None
+            out = lm_eval.simple_evaluate(
+                model=lm, model_args=model_args, tasks=[TASK_NAME], task_manager=task_manager, batch_size=batch_size,
+                device=device, samples={TASK_NAME: list(indices)} if indices is not None else None,
+                log_samples=True, bootstrap_iters=0)
+    finally:
+        if not accelerate_was_set_up and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # lm-eval's HFLM makes an Accelerator, whose settings are process-wide: undo it, or a later
+            # Accelerator(mixed_precision="bf16") in this process (a training run, a test) would be refused.
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+    if out is None:  # not the main process
+        return None
+    records = {}
+    for sample in out["samples"][TASK_NAME]:
+        logprobs = [float(resp[0]) for resp in sample["filtered_resps"]]
+        lengths = [len(choice) for choice in sample["doc"]["choices"]]
+        records[int(sample["doc_id"])] = {
+            "logprobs": logprobs, "label": int(sample["target"]),
+            "pred": max(range(len(logprobs)), key=lambda i: logprobs[i]),
+            "pred_norm": max(range(len(logprobs)), key=lambda i: logprobs[i] / lengths[i]),
+            "acc": float(sample["acc"]), "acc_norm": float(sample["acc_norm"])}
+    task_metrics = out["results"][TASK_NAME]
+    metrics = {"acc": task_metrics["acc,none"], "acc_norm": task_metrics["acc_norm,none"], "n": len(records)}
+    return HarnessResult(metrics, dict(sorted(records.items())), time.perf_counter() - t0)
+
+
+def compare(records: list[dict], harness: HarnessResult, convention: str = "lm-eval") -> dict[str, float | int]:
+    """How our ``convention`` scores differ from the harness, example by example; adds a "harness" entry to each record."""
+    missing = [r["index"] for r in records if r["index"] not in harness.records]
+    if missing or len(records) != len(harness.records):
+        raise RuntimeError(f"the harness scored {len(harness.records)} examples and we {len(records)}; "
+                           f"missing in the harness: {missing[:10]}")
+    disagree_acc = disagree_norm = 0
+    max_diff = 0.0
+    for record in records:
+        theirs, ours = harness.records[record["index"]], record[convention]
+        record["harness"] = {k: theirs[k] for k in ("logprobs", "pred", "pred_norm")}
+        disagree_acc += ours["pred"] != theirs["pred"]
+        disagree_norm += ours["pred_norm"] != theirs["pred_norm"]
+        max_diff = max([max_diff] + [abs(a - b) for a, b in zip(ours["logprobs"], theirs["logprobs"])])
+    return {"disagreements_acc": disagree_acc, "disagreements_acc_norm": disagree_norm, "max_abs_logprob_diff": max_diff}
