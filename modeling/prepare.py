@@ -51,7 +51,8 @@ class PrepareArguments:
     num_proc: int = field(default=os.cpu_count() or 1, metadata={"help": "Tokenizer threads (output is the same for any value)."})
     bpe_dir: Optional[str] = field(default=None, metadata={"help": "Directory with GPT-2 BPE files (default: $GPT2_BPE_DIR, then tiktoken)."})
     overwrite: bool = field(default=False, metadata={"help": "Delete shards and manifest already in --out first."})
-    docs_per_batch: int = field(default=1024, metadata={"help": "Documents tokenized per batch (memory vs. overhead)."})
+    docs_per_batch: int = field(default=256, metadata={
+        "help": "Documents read per batch; the next batch is read while this one is encoded."})
 
     def __post_init__(self):
         for name in ("shard_size", "num_proc", "docs_per_batch"):

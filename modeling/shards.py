@@ -65,7 +65,7 @@ def read_shard(path: str | os.PathLike) -> np.memmap:
     return np.memmap(path, dtype=DTYPE_BY_VERSION[version], mode="r", offset=HEADER_BYTES, shape=(ntok,))
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

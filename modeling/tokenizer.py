@@ -114,13 +114,19 @@ def _ranks_from_dir(bpe_dir: Path) -> tuple[dict[bytes, int], Path]:
     raise TokenizerNotFoundError(f"No GPT-2 BPE files in {bpe_dir} (found: {sorted(p.name for p in bpe_dir.iterdir())}). {_FETCH_HINT}")
 
 
-def _verify(ranks: dict[bytes, int], source: str) -> dict[bytes, int]:
+def _verify(ranks: dict[bytes, int], source: Path | str) -> dict[bytes, int]:
+    if isinstance(source, Path) and source.suffix == ".tiktoken" and _file_sha256(source) == GPT2_RANKS_SHA256:
+        return ranks  # the official file byte for byte: no need to re-serialise the ranks to check them
     digest = ranks_sha256(ranks)
     if digest != GPT2_RANKS_SHA256:
         raise ValueError(f"{source}: these BPE ranks are not GPT-2's (sha256 of the ranks {digest[:12]}..., expected "
                          f"{GPT2_RANKS_SHA256[:12]}...). The file is corrupted or from another tokenizer; replace it with a "
                          "verified copy.")
     return ranks
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _tiktoken_cache_has_gpt2() -> bool:
@@ -134,17 +140,18 @@ def _offline() -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_ranks(bpe_dir: str | None) -> tuple[tuple[bytes, int], ...]:
+def _load_ranks(bpe_dir: str | None) -> dict[bytes, int]:
+    """The verified ranks (cached: callers must not modify the dict)."""
     if bpe_dir:
         ranks, path = _ranks_from_dir(Path(bpe_dir))
-        return tuple(_verify(ranks, str(path)).items())
+        return _verify(ranks, path)
     if _tiktoken_cache_has_gpt2() or not _offline():
         try:
             enc = tiktoken.get_encoding("gpt2")  # reads tiktoken's cache, else downloads (and checks hashes)
         except Exception as e:  # noqa: BLE001 - any download failure ends in the same advice
             raise TokenizerNotFoundError(f"tiktoken.get_encoding('gpt2') failed ({type(e).__name__}: {e}). {_FETCH_HINT}") from e
         ranks = {enc.decode_single_token_bytes(i): i for i in range(enc.n_vocab - 1)}
-        return tuple(_verify(ranks, "tiktoken's gpt2 encoding").items())
+        return _verify(ranks, "tiktoken's gpt2 encoding")
     raise TokenizerNotFoundError(f"No GPT-2 BPE files given, none in tiktoken's cache, and HF_HUB_OFFLINE=1. {_FETCH_HINT}")
 
 
@@ -161,13 +168,17 @@ def load_ranks(bpe_dir: str | os.PathLike | None = None) -> dict[bytes, int]:
 
 @functools.lru_cache(maxsize=4)
 def _encoding(bpe_dir: str | None) -> tiktoken.Encoding:
-    return tiktoken.Encoding(
+    enc = tiktoken.Encoding(
         name="gpt2",
         pat_str=GPT2_SPLIT_PATTERN,
-        mergeable_ranks=dict(_load_ranks(bpe_dir)),
+        mergeable_ranks=_load_ranks(bpe_dir),
         special_tokens={EOT_TOKEN: EOT_ID},
         explicit_n_vocab=GPT2_VOCAB_SIZE,
     )
+    # Measured here: when a pool thread is the first to use a new Encoding, threaded encoding in this process
+    # costs ~50% more CPU from then on; one tiny encode on the creating thread avoids it.
+    enc.encode_ordinary("warm-up")
+    return enc
 
 
 def get_encoding(bpe_dir: str | os.PathLike | None = None) -> tiktoken.Encoding:
@@ -195,7 +206,7 @@ def _recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 
 @functools.lru_cache(maxsize=4)
 def _hf_vocab_and_merges(bpe_dir: str | None) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    ranks = dict(_load_ranks(bpe_dir))
+    ranks = _load_ranks(bpe_dir)
     to_unicode = _bytes_to_unicode()
     as_text = lambda b: "".join(to_unicode[x] for x in b)  # noqa: E731
     vocab = {as_text(token): rank for token, rank in ranks.items()}
