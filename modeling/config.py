@@ -34,6 +34,8 @@ class TrainingConfig:
     pad_vocab_to_multiple_of: int = field(default=64, metadata={
         "help": "Train with the vocabulary padded (50257 -> 50304) for faster matmuls; checkpoints are saved trimmed."})
     shuffle: bool = field(default=True, metadata={"help": "Shuffle shard order and windows within a shard each epoch (seeded)."})
+    bpe_dir: Optional[str] = field(default=None, metadata={
+        "help": "Directory with GPT-2 BPE files, for the tokenizer saved with checkpoints (default: $GPT2_BPE_DIR, then tiktoken)."})
     # --- batch: tokens per optimizer step = per_device_train_batch_size x seq_len x gradient_accumulation_steps x processes ---
     total_batch_size: Optional[int] = field(default=524288, metadata={"help": "Tokens per optimizer step; accumulation is derived from it."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Sequences per micro-batch per process."})

@@ -236,7 +236,7 @@ def train(config: TrainingConfig) -> dict:
     if len(train_data) < B * world:
         raise ConfigError(f"{config.data_dir}: {len(train_data)} training windows of {config.seq_len + 1} tokens, fewer "
                          f"than one batch ({B} x {world} processes). Prepare more data or lower the batch size.")
-    tokenizer = get_hf_tokenizer(model_max_length=model_config.n_positions)
+    tokenizer = get_hf_tokenizer(config.bpe_dir, model_max_length=model_config.n_positions)
     run_config = {"config": config.to_dict(), "num_processes": world, "gradient_accumulation_steps": accum,
                   "model": {k: v for k, v in model_config.to_dict().items()
                             if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")}}

@@ -116,12 +116,16 @@ def test_trimming_the_vocabulary_keeps_every_real_tokens_logit():
     assert torch.equal(padded[..., :50257], trimmed)
 
 
-def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_dir):
+def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_dir, bpe_dir, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+    # The tokenizer saved with checkpoints comes from --bpe_dir alone: no $GPT2_BPE_DIR, an empty tiktoken cache.
+    monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     out = tmp_path / "run"
     metrics = run(out, data_dir, max_steps=30, learning_rate=1e-2, min_lr=1e-3, warmup_steps=3, eval_steps=10,
-                  save_steps=10, save_total_limit=2, num_samples=1, bf16=True, report_to="tensorboard")
+                  save_steps=10, save_total_limit=2, num_samples=1, bf16=True, report_to="tensorboard",
+                  bpe_dir=str(bpe_dir))
     assert [m["step"] for m in metrics] == list(range(1, 31))
     assert metrics[0]["loss"] == pytest.approx(math.log(50304), abs=0.15)
     assert np.mean([m["loss"] for m in metrics[-5:]]) < metrics[0]["loss"] - 2.5
