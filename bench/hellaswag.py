@@ -2,7 +2,7 @@
 
     python bench/hellaswag.py [--n 200] [--batch_size 16] [--lm_eval_batch_size 16] [--repeats 2] [--checkpoint DIR]
 
-One checkpoint (default: a random-init `small` GPT-2, 6 layers / 6 heads / 384 dims, saved to a temp folder so
+One checkpoint (default: the `small` preset, 6 layers / 6 heads / 384 dims, random init, 1024 positions, saved to a temp folder so
 lm-eval can load it), the same N examples (evenly spaced) of the shared HellaSwag file, fp32 (bf16 as an extra row):
   (a) ours: modeling.hellaswag.score_hellaswag, one convention at a time (and both at once);
   (b) lm-eval: simple_evaluate on our hellaswag_local task, batch of `--lm_eval_batch_size` requests. Its fixed
@@ -38,15 +38,14 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hellaswag" / "hellaswag_val_ll
 
 
 def build_small(folder: Path):
-    """Random-init `small` preset GPT-2 (dropout 0) plus the project's tokenizer, saved for lm-eval."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    """Random-init `small` preset GPT-2 plus the project's tokenizer, saved for lm-eval."""
+    from modeling.model import build_model, load_model_config
     from modeling.tokenizer import get_hf_tokenizer
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=6, n_head=6, n_embd=384, n_positions=1024, vocab_size=50257,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    config = load_model_config("small")
+    config.n_positions = 1024  # the preset's 256 would truncate the longest examples; measure them whole
+    build_model(config).save_pretrained(folder)
     get_hf_tokenizer().save_pretrained(folder)
 
 
