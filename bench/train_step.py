@@ -36,7 +36,9 @@ SHARED = ROOT.parent / "shared" / "data"
 os.environ.setdefault("GPT2_BPE_DIR", str(SHARED / "gpt2_bpe"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from modeling.config import TrainingConfig  # noqa: E402
 from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params  # noqa: E402
+from modeling.trainer import build_optimizer  # noqa: E402
 
 
 # ---- (c): a minimal hand-written GPT-2, written for this benchmark ----
@@ -96,10 +98,7 @@ def bare_loop(kind: str, args, bf16: bool, compile: bool) -> list[float]:
         model = ReferenceGPT(50304, config.n_positions, config.n_embd, config.n_layer, config.n_head)
         loss_fn = reference_loss
     model.train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                   {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=6e-4, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = build_optimizer(model, TrainingConfig(), torch.device("cpu"))  # the same AdamW as (a)
     step_model = torch.compile(model) if compile else model
     tokens = torch.randint(0, 50257, (args.batch, args.seq + 1))
     times = []
@@ -116,17 +115,16 @@ def bare_loop(kind: str, args, bf16: bool, compile: bool) -> list[float]:
     return times[args.warmup:]
 
 
-def our_loop(args, bf16: bool, compile: bool, data_dir: Path, out: Path) -> list[float]:
+def our_loop(args, bf16: bool, compile: bool, data_dir: Path, out: Path, peak_flops: float) -> list[float]:
     from accelerate.state import AcceleratorState, GradientState
 
-    from modeling.config import TrainingConfig
     from modeling.trainer import train
 
     config = TrainingConfig(data_dir=str(data_dir), output_dir=str(out), overwrite_output_dir=True,
                             model_config=args.preset, seq_len=args.seq, per_device_train_batch_size=args.batch,
                             total_batch_size=args.batch * args.seq, max_steps=args.warmup + args.steps,
                             warmup_steps=1, bf16=bf16, compile=compile, eval_steps=0, eval_batches=1, num_samples=0,
-                            save_steps=10**9, report_to="none", peak_flops=1.0)
+                            save_steps=10**9, report_to="none", peak_flops=peak_flops)
     try:
         import transformers.utils.logging as hf_logging
         hf_logging.disable_progress_bar()
@@ -179,7 +177,8 @@ def main() -> None:
                 bf16, compile = variant.startswith("bf16"), variant.endswith("compile")
                 for row in rows:
                     if row == "(a) ours":
-                        times = our_loop(args, bf16, compile, data_dir, tmp / "run")
+                        peak = ceilings["bf16" if bf16 else "fp32"][-1] * 1e9  # MFU in (a)'s progress bar
+                        times = our_loop(args, bf16, compile, data_dir, tmp / "run", peak)
                     else:
                         times = bare_loop(row[4:], args, bf16, compile)
                     best[(row, variant)] = min(best.get((row, variant), math.inf), min(times))
