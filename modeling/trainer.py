@@ -41,7 +41,9 @@ class TrainState:
     step: int = 0  # optimizer steps done
     tokens_seen: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches this process has drawn in the current epoch
+    # Windows all processes together have drawn in the current epoch: a position that does not depend on the
+    # micro-batch size or the number of processes, so a run can resume on another layout with the same token budget.
+    windows_in_epoch: int = 0
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -161,15 +163,23 @@ def _peak_flops(config: TrainingConfig, device: torch.device) -> float | None:
 
 def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainState) -> Iterator[torch.Tensor]:
     """Micro-batches forever, epoch after epoch, starting exactly where ``state`` says (resume)."""
+    # Each micro-batch a process draws is one of `num_processes` that together take the next B x world windows.
+    windows_per_batch = loader.total_batch_size
     while True:
         # The prepared loader passes the epoch on to our sampler (and re-applies its own count at every
         # iteration, so it must be told, not just the sampler); the skipping copy inherits it.
         loader.set_epoch(state.epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+        skip, rest = divmod(state.windows_in_epoch, windows_per_batch)
+        if rest:
+            raise ConfigError(
+                f"The checkpoint stopped {state.windows_in_epoch} windows into epoch {state.epoch}, which is not a whole "
+                f"number of rounds of per_device_train_batch_size x processes = {windows_per_batch}. Resume with a "
+                "micro-batch size and process count whose product divides it (e.g. the ones it was trained with).")
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in epoch_loader:
-            state.batches_in_epoch += 1
+            state.windows_in_epoch += windows_per_batch
             yield batch
-        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+        state.epoch, state.windows_in_epoch = state.epoch + 1, 0
 
 
 @torch.no_grad()

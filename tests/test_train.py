@@ -206,6 +206,31 @@ def test_resume_gives_bit_identical_losses(tmp_path, epoch_data_dir, monkeypatch
     assert all(torch.equal(a["state"][i]["exp_avg"], b["state"][i]["exp_avg"]) for i in a["state"])
 
 
+def test_resume_with_another_micro_batch_size_continues_on_the_same_tokens(tmp_path, data_dir, monkeypatch):
+    # Same token budget per step, another layout (4 x 2 accumulation -> 8 x 1, as when moving to a GPU with
+    # more memory, or to twice the processes): the data position carries over, so the losses continue.
+    settings = dict(max_steps=8, save_steps=4, eval_steps=4)
+    straight = run(tmp_path / "straight", data_dir, **settings)
+    _crash_after_saving(monkeypatch, step=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", data_dir, **settings)
+    monkeypatch.undo()
+    resumed = run(tmp_path / "resumed", data_dir, resume_from_checkpoint="latest", per_device_train_batch_size=8,
+                  **settings)
+    for a, b in zip(straight, resumed, strict=True):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_resume_refuses_a_layout_that_cannot_reach_the_saved_position(tmp_path, epoch_data_dir, monkeypatch):
+    settings = dict(max_steps=8, save_steps=6, eval_steps=4)
+    _crash_after_saving(monkeypatch, step=6)  # epoch 0 was 9 micro-batches of 4; now 12 windows into epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", epoch_data_dir, **settings)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="12 windows into epoch 1.*= 8"):
+        run(tmp_path / "run", epoch_data_dir, resume_from_checkpoint="latest", per_device_train_batch_size=8, **settings)
+
+
 def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir):
     common = ["--data_dir", str(data_dir), "--model_config", "tiny", "--seq_len", "32", "--per_device_train_batch_size",
               "4", "--total_batch_size", "256", "--max_steps", "4", "--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4",
