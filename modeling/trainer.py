@@ -330,6 +330,7 @@ def train(config: TrainingConfig) -> dict:
                 # mean over the whole batch, the same gradient one big batch would give.
                 accelerator.backward(loss)
             loss_sum += loss.detach()
+        # Under DeepSpeed the engine clips inside its step and this returns its last known norm (None at first).
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
@@ -344,13 +345,14 @@ def train(config: TrainingConfig) -> dict:
         if state.step % config.logging_steps == 0 or do_eval or do_hellaswag:
             loss_avg = accelerator.reduce(loss_sum / accum, "mean").item()  # waits for the step to finish
             seconds = time.perf_counter() - started
-            record = {"step": state.step, "loss": loss_avg, "lr": lr, "grad_norm": float(grad_norm),
-                      "tokens": state.tokens_seen, "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
+            record = {"step": state.step, "loss": loss_avg, "lr": lr,
+                      "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": state.tokens_seen,
+                      "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
             if peak:
                 record["mfu"] = flops_per_step / seconds / (peak * world)
             record.update(evaluate(do_eval, do_hellaswag))
             metrics.write(record)
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+            accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state.step)
             bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:,.0f}",
                             **({"mfu": f"{record['mfu']:.1%}"} if peak else {}),
                             **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}),

@@ -253,6 +253,15 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir)
 
 # ---- bad configurations fail early with a message that says what to do ----
 
+def test_a_gradient_norm_the_backend_does_not_report_is_logged_as_null(tmp_path, data_dir, monkeypatch):
+    # DeepSpeed clips inside its own step; accelerate then has no norm to return on the first step (None).
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", lambda self, params, max_norm: None)
+    metrics = run(tmp_path / "run", data_dir, max_steps=2, eval_steps=2, save_steps=2, report_to="tensorboard")
+    assert [m["grad_norm"] for m in metrics] == [None, None]
+
+
 def test_missing_shards_say_how_to_make_them(tmp_path):
     with pytest.raises(NoShardsError, match=r"(?s)No train shards.*python prepare_data.py --out"):
         run(tmp_path / "o", tmp_path)
