@@ -102,3 +102,35 @@ def test_tiktoken_cache_is_used_when_no_directory_is_given(bpe_dir, tmp_path, mo
     finally:
         tok._load_ranks.cache_clear()
         tok._encoding.cache_clear()
+
+
+def _fake_pip_download(payload: bytes):
+    """Stands in for `pip download openai-whisper`: writes an sdist holding ``payload`` as its gpt2.tiktoken."""
+    import io
+    import tarfile
+    from pathlib import Path
+
+    def run(cmd, check):
+        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and cmd[-1] == "openai-whisper"
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with tarfile.open(folder / "openai_whisper-20250625.tar.gz", "w:gz") as tar:
+            info = tarfile.TarInfo("openai_whisper-20250625/whisper/assets/gpt2.tiktoken")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+    return run
+
+
+def test_fetch_from_the_whisper_sdist_writes_verified_ranks(bpe_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(tok.subprocess, "run", _fake_pip_download((bpe_dir / "gpt2.tiktoken").read_bytes()))
+    written = tok.fetch_bpe_from_pypi(tmp_path / "bpe")
+    assert written == tmp_path / "bpe" / "gpt2.tiktoken"
+    assert tok.get_encoding(tmp_path / "bpe").encode_ordinary(TEXTS[0]) == tok.get_encoding(bpe_dir).encode_ordinary(TEXTS[0])
+
+
+def test_fetch_refuses_a_file_with_the_wrong_hash_and_writes_nothing(bpe_dir, tmp_path, monkeypatch):
+    tampered = (bpe_dir / "gpt2.tiktoken").read_bytes().replace(b" 0\n", b" 1\n", 1)
+    monkeypatch.setattr(tok.subprocess, "run", _fake_pip_download(tampered))
+    with pytest.raises(ValueError, match="unexpected sha256"):
+        tok.fetch_bpe_from_pypi(tmp_path / "bpe")
+    assert not list((tmp_path / "bpe").iterdir())
