@@ -205,8 +205,8 @@ def sample_texts(model, tokenizer, prompt: str, num: int, max_new_tokens: int, s
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device).repeat(num, 1)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.eos_token_id,
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
                              suppress_tokens=list(range(len(tokenizer), model.config.vocab_size)))  # padding rows
     model.train(was_training)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
