@@ -251,8 +251,6 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir)
         assert ("val_loss" in a) == ("val_loss" in b) and a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)
 
 
-# ---- bad configurations fail early with a message that says what to do ----
-
 def test_a_gradient_norm_the_backend_does_not_report_is_logged_as_null(tmp_path, data_dir, monkeypatch):
     # DeepSpeed clips inside its own step; accelerate then has no norm to return on the first step (None).
     from accelerate import Accelerator
@@ -261,6 +259,8 @@ def test_a_gradient_norm_the_backend_does_not_report_is_logged_as_null(tmp_path,
     metrics = run(tmp_path / "run", data_dir, max_steps=2, eval_steps=2, save_steps=2, report_to="tensorboard")
     assert [m["grad_norm"] for m in metrics] == [None, None]
 
+
+# ---- bad configurations fail early with a message that says what to do ----
 
 def test_missing_shards_say_how_to_make_them(tmp_path):
     with pytest.raises(NoShardsError, match=r"(?s)No train shards.*python prepare_data.py --out"):
