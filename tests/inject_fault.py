@@ -4,6 +4,8 @@
 
 MODE ``raise``: on process RANK, computing the loss of optimizer step STEP raises RuntimeError.
 MODE ``enospc``: on process RANK, writing any file of checkpoint-STEP fails with ENOSPC (a full disk).
+MODE ``private-dir``: process RANK gets its own output_dir (``<output_dir>-rankN``), as on nodes without a shared
+filesystem (STEP is ignored).
 """
 
 import errno
@@ -39,6 +41,9 @@ if int(os.environ.get("RANK", "0")) == rank:
             return guarded
 
         torch.save = full_disk(torch.save)  # accelerate writes the optimizer and RNG states with it
+    elif mode == "private-dir":
+        at = sys.argv.index("--output_dir") + 1
+        sys.argv[at] += f"-rank{rank}"
     else:
         sys.exit(f"unknown mode {mode!r}")
 train_hf.main(sys.argv[4:])

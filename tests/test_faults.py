@@ -340,6 +340,13 @@ def test_a_full_disk_on_another_rank_fails_every_process_without_a_hang(tmp_path
     assert [p.name for _, p in ckpt.list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
 
 
+def test_processes_that_do_not_share_the_output_dir_are_told_checkpoints_need_a_shared_filesystem(tmp_path, data_dir):
+    result = launch_ddp_script(["private-dir", "1", "0", "--data_dir", str(data_dir), "--output_dir",
+                                str(tmp_path / "run"), *cli()], timeout=300)
+    assert result.returncode != 0
+    assert "process(es) [1] cannot see" in result.stderr and "shared by every node" in result.stderr, result.stderr[-2000:]
+
+
 def launch_ddp_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                            str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "tests/inject_fault.py", *args], cwd=ROOT,
