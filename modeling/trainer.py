@@ -362,7 +362,6 @@ def train(config: TrainingConfig) -> dict:
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="training")
     record: dict = {}
-    saved_at, path = (state.step, resume_from) if resume_from is not None else (None, None)
     model.train()
     with StopSignals(accelerator.process_index) as signals:
         while state.step < config.max_steps:
@@ -400,16 +399,16 @@ def train(config: TrainingConfig) -> dict:
             if finite and (state.step % config.logging_steps == 0 or do_eval or do_hellaswag):
                 record = log(started, loss_sum, lr, grad_norm, do_eval, do_hellaswag)
             bar.update(1)
-            if state.step % config.save_steps == 0 or last or (stop and saved_at != state.step):
-                saved_at, path = state.step, save()
+            if state.step % config.save_steps == 0 or last or stop:
+                path = save()
             if stop:
                 bar.close()
                 name = signals.requested or "a stop signal on another process"
                 raise TrainingStopped(f"stopped by {name} at step {state.step}: saved {path}. Continue with "
                                       "--resume_from_checkpoint latest.", exit_code=128 + (signals.signum or 15))
     bar.close()
-    accelerator.end_training()
-    # A last barrier (its tensors are gloo's own): returning right after a collective on one of our tensors can
+    # A last barrier (its tensors are gloo's own): ending right after a collective on one of our tensors can
     # deadlock the process group's teardown, whose worker thread still needs the GIL to release that tensor.
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # also destroys the process group
     return record
