@@ -53,6 +53,9 @@ class PrepareArguments:
     overwrite: bool = field(default=False, metadata={"help": "Delete shards and manifest already in --out first."})
     docs_per_batch: int = field(default=256, metadata={
         "help": "Documents read per batch; the next batch is read while this one is encoded."})
+    verify: Optional[str] = field(default=None, metadata={
+        "help": "Only verify the shards in this directory and exit, writing nothing: each sha256 against its "
+                "manifest.json, every token id below the tokenizer's vocabulary (bad ones named with file and offset)."})
 
     def __post_init__(self):
         for name in ("shard_size", "num_proc", "docs_per_batch"):
