@@ -98,8 +98,8 @@ def check_data_dir(data_dir: str | os.PathLike, verify: bool = False, allow_inco
             continue
         if ntok != shard["tokens"]:
             problems.append(f"{path}: holds {ntok:,} tokens, {shardio.MANIFEST_NAME} says {shard['tokens']:,}")
-    _raise(data_dir, problems, f"restore those files from your copy, or delete them and {_rerun_hint(manifest)}: it "
-           "rewrites a missing or damaged shard and the ones after it.")
+    _raise(data_dir, problems, f"restore those files from your copy, or {_rerun_hint(manifest)}: it rewrites the first "
+           "missing or damaged shard and the ones after it.")
     if verify:
         log(verify_shards(data_dir, manifest=manifest).summary(data_dir))
     return manifest
@@ -118,8 +118,8 @@ def _scan(path: Path, vocab_size: int, progress: tqdm | None) -> tuple[str, int,
             block = memoryview(buffer)[:n]
             digest.update(block)
             tokens = np.frombuffer(block, dtype=dtype)  # the size was checked: whole tokens only
-            over = tokens >= vocab_size
-            if over.any():
+            if tokens.size and tokens.max() >= vocab_size:  # one reduction; the slow path only for a bad block
+                over = tokens >= vocab_size
                 if first_at is None:
                     i = int(np.argmax(over))
                     first_id, first_at = int(tokens[i]), position + i

@@ -141,10 +141,14 @@ def _train_cli(argv):
     return str(info.value.code)
 
 
-def test_a_listed_shard_that_is_missing_is_a_one_line_error(tmp_path, data):
+def test_missing_and_truncated_shards_are_one_clear_error_naming_each(tmp_path, data):
     (data / "train_000002.bin").unlink()
+    truncated = data / "val_000000.bin"
+    truncated.write_bytes(truncated.read_bytes()[:-2])
     message = _train_cli(["configs/train/cpu-demo.yaml", "--data_dir", str(data), "--output_dir", str(tmp_path / "o")])
-    assert message.startswith("train_hf.py: error:") and f"{data / 'train_000002.bin'}: listed but missing" in message
+    assert message.startswith(f"train_hf.py: error: {data}: 2 problem(s)")
+    assert f"{data / 'train_000002.bin'}: listed but missing" in message
+    assert f"{truncated}: header says 25000 tokens (51024 bytes) but the file has 51022 bytes" in message
     assert "rerun `python prepare_data.py" in message
 
 
