@@ -28,6 +28,7 @@ from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_
 from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
+from modeling.verify import check_data_dir
 
 # bf16 dense peak FLOP/s, for the MFU estimate (matched against torch.cuda.get_device_name()).
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12, "L4": 121e12,
@@ -242,6 +243,8 @@ def train(config: TrainingConfig) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     set_seed(config.seed)  # the same initial weights on every process
 
+    # Unfinished preparation, missing or damaged shards (and with verify_data, every sha256 and token id): refused here.
+    check_data_dir(config.data_dir, config.verify_data, config.allow_incomplete_data, log=accelerator.print)
     train_data = TokenWindows(config.data_dir, "train", config.seq_len)
     _check_vocab(train_data, model_config.vocab_size)
     B, world = config.per_device_train_batch_size, accelerator.num_processes
