@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from modeling import shards as shardio
 from modeling.tokenizer import EOT_ID, GPT2_RANKS_SHA256
 
+# torch is imported inside the model functions only: copying shards needs numpy alone (importing torch is ~250 MB).
 GPT2_VOCAB = 50257
 GELU = {"tanh": "gelu_pytorch_tanh", "exact": "gelu"}  # our name -> GPT2Config.activation_function
 LLMC_MAGIC = 20240326
@@ -93,6 +93,8 @@ _CONFIG_CLASS_NAMES = ("__main__.GPTConfig", "train_gpt2.GPTConfig", "model.GPTC
 def load_torch_checkpoint(path: str | os.PathLike) -> dict:
     """``torch.load(path, weights_only=True)`` on CPU; nothing but tensors, containers, numbers and strings (and
     a GPTConfig's fields) is unpickled. Raises ConversionError naming the file otherwise."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -128,6 +130,8 @@ def _config_fields(config) -> dict:
 def split_checkpoint(obj: dict, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, model config fields) of a nanoGPT ``ckpt.pt`` ({'model', 'model_args', ...}), a build-nanogpt
     ``model_NNNNN.pt`` ({'model', 'config': GPTConfig, ...}) or a bare state dict ({} for the config)."""
+    import torch
+
     if "model" in obj and isinstance(obj["model"], dict):
         state_dict = obj["model"]
         fields = _config_fields(obj.get("model_args")) or _config_fields(obj.get("config"))
@@ -152,6 +156,8 @@ def _strip_prefixes(name: str) -> str:
 def nanogpt_to_hf(state_dict: dict[str, torch.Tensor], *, n_head: int, gelu: str, where: str = "state dict"
                   ) -> tuple[dict[str, torch.Tensor], "GPT2Config"]:
     """A nanoGPT-layout ``GPT`` state dict -> (GPT2LMHeadModel state dict, GPT2Config) computing the same logits."""
+    import torch
+
     from modeling.model import load_model_config
 
     if gelu not in GELU:
@@ -250,6 +256,8 @@ def convert_nanogpt(path: str | os.PathLike, out: str | os.PathLike, *, n_head: 
 
 def read_llmc_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """An llm.c model file -> (nanoGPT-layout state dict in float32, header fields). Checks magic, version and size."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such llm.c model file")
@@ -371,15 +379,31 @@ def find_npy_shards(source: str | os.PathLike) -> dict[str, list[Path]]:
     return splits
 
 
-def _open_npy(path: Path) -> np.ndarray:
-    try:
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise ConversionError(f"{path}: not a plain .npy array ({e})") from e
-    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise ConversionError(f"{path}: a {tokens.dtype} array of shape {tokens.shape}; expected a 1-D array of "
-                              "token ids (build-nanogpt writes uint16)")
-    return tokens
+def _npy_layout(path: Path) -> tuple[np.dtype, int, int]:
+    """(dtype, token count, data offset) of a 1-D integer .npy file, from its header alone."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(f)
+        except ValueError as e:
+            raise ConversionError(f"{path}: not a .npy file ({e})") from e
+        offset = f.tell()
+    if len(shape) != 1 or dtype.kind not in "iu" or dtype.hasobject:
+        raise ConversionError(f"{path}: a {dtype} array of shape {shape}; expected a 1-D array of token ids "
+                              "(build-nanogpt writes uint16)")
+    expected = offset + shape[0] * dtype.itemsize
+    if path.stat().st_size < expected:
+        raise ConversionError(f"{path}: {path.stat().st_size} bytes, its header promises {expected}; truncated")
+    return dtype, int(shape[0]), offset
+
+
+def _read_chunks(path: Path, dtype: np.dtype, count: int, offset: int, chunk_tokens: int):
+    """The tokens in chunks, read with plain file reads: unlike a memmap, nothing stays resident afterwards."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for start in range(0, count, chunk_tokens):
+            yield start, np.fromfile(f, dtype=dtype, count=min(chunk_tokens, count - start))
 
 
 def convert_npy_shards(source: str | os.PathLike, out: str | os.PathLike, *, chunk_tokens: int = 1 << 24,
@@ -394,21 +418,21 @@ def convert_npy_shards(source: str | os.PathLike, out: str | os.PathLike, *, chu
 
     out = Path(out)
     splits = find_npy_shards(source)
-    arrays = {p: _open_npy(p) for paths in splits.values() for p in paths}
+    layouts = {p: _npy_layout(p) for paths in splits.values() for p in paths}  # check every file before writing
     tmp = _prepare_output(out, overwrite)
     shards, started = [], time.perf_counter()
-    bar = tqdm(total=sum(a.size for a in arrays.values()), unit="tok", unit_scale=True, disable=not progress,
+    bar = tqdm(total=sum(count for _, count, _ in layouts.values()), unit="tok", unit_scale=True, disable=not progress,
                desc=f"copying -> {out}")
     try:
         for split, paths in splits.items():
             for index, path in enumerate(paths):
-                tokens = arrays[path]
                 shard = shardio.ShardFile(tmp / f"{split}_{index:06d}.bin", GPT2_VOCAB)
                 documents = 0
-                for start in range(0, tokens.size, chunk_tokens):
-                    chunk = np.asarray(tokens[start:start + chunk_tokens])
-                    if chunk.size and (chunk.min() < 0 or chunk.max() >= GPT2_VOCAB):
-                        bad = int(chunk.max()) if chunk.max() >= GPT2_VOCAB else int(chunk.min())
+                for start, chunk in _read_chunks(path, *layouts[path], chunk_tokens):
+                    top = int(chunk.max()) if chunk.size else 0
+                    low = int(chunk.min()) if chunk.size and chunk.dtype.kind == "i" else 0
+                    if top >= GPT2_VOCAB or low < 0:
+                        bad = top if top >= GPT2_VOCAB else low
                         shard.abort()
                         raise ConversionError(f"{path}: token id {bad} near position {start:,} is outside GPT-2's "
                                               f"vocabulary (0..{GPT2_VOCAB - 1}); these are not GPT-2 tokens")

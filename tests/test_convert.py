@@ -331,6 +331,10 @@ def test_npy_conversion_refuses_bad_tokens_and_leaves_nothing_behind(tmp_path, c
     with pytest.raises(SystemExit):
         main(["npy", str(tmp_path / "src"), str(tmp_path / "out")])
     assert "edufineweb_train_000002.npy: a uint16 array of shape (2, 3); expected a 1-D array" in capsys.readouterr().err
+    raw = (tmp_path / "src" / "edufineweb_train_000001.npy").read_bytes()
+    (tmp_path / "src" / "edufineweb_train_000002.npy").write_bytes(raw[:-10])
+    with pytest.raises(ConversionError, match=r"edufineweb_train_000002\.npy: \d+ bytes, its header promises \d+; trunc"):
+        convert.convert_npy_shards(tmp_path / "src", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no .npy shards"):
         convert.convert_npy_shards(tmp_path / "empty*.npy", tmp_path / "out")
     (tmp_path / "src" / "edufineweb_train_000002.npy").unlink()
