@@ -3,6 +3,7 @@
     python -m modeling.convert nanogpt  ckpt.pt           OUT_DIR   # nanoGPT / build-nanogpt checkpoint -> Transformers folder
     python -m modeling.convert llmc     gpt2_124M.bin     OUT_DIR   # llm.c model file (fp32 or bf16) -> Transformers folder
     python -m modeling.convert npy      edu_fineweb10B/   OUT_DIR   # build-nanogpt .npy token shards -> our .bin shards
+    python -m modeling.convert to-llmc  CHECKPOINT        out.bin   # and back: a Transformers folder -> llm.c model file
 
 Models become plain ``GPT2LMHeadModel`` folders with our GPT-2 tokenizer (50,257 tokens; padded rows such as
 nanoGPT's 50,304 or llm.c's Vp are cut), loadable offline by ``from_pretrained``, ``pipeline`` and lm_eval.
@@ -315,6 +316,51 @@ def convert_llmc(path: str | os.PathLike, out: str | os.PathLike, *, bpe_dir: st
     return save_transformers_folder(hf_state_dict, config, out, bpe_dir=bpe_dir, overwrite=overwrite)
 
 
+def write_llmc_model(model_dir: str | os.PathLike, path: str | os.PathLike, *, dtype: str = "float32",
+                     overwrite: bool = False) -> Path:
+    """The other way: a GPT-2 Transformers folder (ours, or converted) -> an llm.c model file that llm.c's
+    ``train_gpt2cu -e FILE`` / ``test_gpt2`` load (version 3 fp32 or 5 bf16; vocabulary padded to a multiple of
+    128 with zero rows, as llm.c's ``write_model`` does). Written to ``<path>.tmp`` and renamed when complete."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    version = {v: k for k, v in LLMC_VERSIONS.items()}.get(dtype)
+    if version is None:
+        raise ValueError(f"dtype must be one of {sorted(LLMC_VERSIONS.values())}, got {dtype!r}")
+    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = model.config
+    C, L, NH, T, V = cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.vocab_size
+    differences = [f"{name}={value!r} (llm.c: {want!r})" for name, value, want in (
+        ("activation_function", cfg.activation_function if cfg.activation_function != "gelu_new"
+         else "gelu_pytorch_tanh", "gelu_pytorch_tanh"), ("vocab_size", V, GPT2_VOCAB),
+        ("n_inner", cfg.n_inner or 4 * C, 4 * C), ("layer_norm_epsilon", cfg.layer_norm_epsilon, 1e-5),
+        ("scale_attn_by_inverse_layer_idx", cfg.scale_attn_by_inverse_layer_idx, False),
+        ("tie_word_embeddings", cfg.tie_word_embeddings, True)) if value != want]
+    if differences:
+        raise ConversionError(f"{model_dir}: llm.c's GPT-2 cannot represent this model: {', '.join(differences)}")
+    Vp = -(-V // 128) * 128
+    sd = {name: tensor.t() if name.endswith(_TRANSPOSED) else tensor  # Conv1D (in, out) -> Linear (out, in)
+          for name, tensor in model.state_dict().items()}
+    sd["transformer.wte.weight"] = torch.cat([sd["transformer.wte.weight"], torch.zeros(Vp - V, C)])
+    header = np.zeros(256, dtype="<i4")
+    header[:8] = (LLMC_MAGIC, version, T, V, L, NH, C, Vp)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        for name, _ in _LLMC_ORDER:
+            tensor = torch.stack([sd[name.format(i=i)] for i in range(L)]) if "{i}" in name else sd[name]
+            tensor = tensor.detach().contiguous()
+            data = tensor.numpy().astype("<f4") if version == 3 else tensor.bfloat16().view(torch.int16).numpy()
+            f.write(data.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The Transformers folder
 
@@ -493,11 +539,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for parser in (nano, llmc):
         parser.add_argument("--bpe_dir", default=None, help="GPT-2 BPE files for the tokenizer (else $GPT2_BPE_DIR, "
                             "tiktoken's cache, or a download)")
+    to_llmc = sub.add_parser("to-llmc", help="Transformers GPT-2 folder -> llm.c model file")
+    to_llmc.add_argument("model_dir", help="a checkpoint folder (config.json + model.safetensors)")
+    to_llmc.add_argument("out", help="llm.c model file to write, e.g. gpt2_124M.bin")
+    to_llmc.add_argument("--dtype", choices=sorted(LLMC_VERSIONS.values()), default="float32")
     npy = sub.add_parser("npy", help="build-nanogpt .npy token shards -> our .bin shards + manifest.json")
     npy.add_argument("source", help="directory (e.g. edu_fineweb10B/) or glob of *_{val,train}_NNNNNN.npy files")
     npy.add_argument("out", help="output directory for the shards (train_hf.py's data_dir)")
     npy.add_argument("--chunk_tokens", type=int, default=1 << 24, help="tokens copied per read (memory bound)")
-    for parser in (nano, llmc, npy):
+    for parser in (nano, llmc, to_llmc, npy):
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
     return p.parse_args(argv)
 
@@ -512,6 +562,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.kind == "llmc":
             out = convert_llmc(args.model_file, args.out, bpe_dir=args.bpe_dir, overwrite=args.overwrite)
             print(f"wrote {out} (load it with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+        elif args.kind == "to-llmc":
+            out = write_llmc_model(args.model_dir, args.out, dtype=args.dtype, overwrite=args.overwrite)
+            print(f"wrote {out} (llm.c: ./train_gpt2cu -e {out} ...)")
         else:
             command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
             manifest = convert_npy_shards(args.source, args.out, chunk_tokens=args.chunk_tokens,

@@ -208,13 +208,14 @@ def test_bad_checkpoints_are_refused_naming_the_file(tmp_path):
 # llm.c model files
 
 
-def write_llmc_model(path: Path, model: NanoGPT, version: int, padded_vocab: int = 50304) -> None:
+def write_llmc_model(path: Path, model: NanoGPT, version: int, padded_vocab: int = 50304, zero_padding=False):
     """llm.c's layout: 256 int32 header, then each parameter kind stacked over layers, Linear (out, in) weights."""
     sd = model.state_dict()
     header = np.zeros(256, dtype="<i4")
     header[:8] = (20240326, version, BLOCK, 50257, N_LAYER, N_HEAD, N_EMBD, padded_vocab)
     wte = sd["transformer.wte.weight"][:50257]
-    wte = torch.cat([wte, torch.randn(padded_vocab - 50257, N_EMBD)])  # padding rows: never used, cut on import
+    padding = torch.zeros if zero_padding else torch.randn  # llm.c writes zeros; never used, cut on import
+    wte = torch.cat([wte, padding(padded_vocab - 50257, N_EMBD)])
     kinds = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
              "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
              "mlp.c_proj.bias"]
@@ -238,6 +239,30 @@ def test_llmc_model_file_gives_the_same_logits(tmp_path, version):
                 p.copy_(p.bfloat16().float())
     model = _assert_same_logits(convert.convert_llmc(tmp_path / "gpt2.bin", tmp_path / "hf"), ref)
     assert model.config.activation_function == "gelu_pytorch_tanh" and model.dtype == torch.float32
+
+
+@pytest.mark.parametrize("version", [3, 5], ids=["fp32", "bf16"])
+def test_llmc_round_trip_is_byte_identical(tmp_path, version, capsys):
+    """llm.c file -> Transformers folder -> llm.c file (the CLI's to-llmc) gives back the same bytes."""
+    from modeling.convert import main
+
+    write_llmc_model(tmp_path / "a.bin", NanoGPT(50257), version, zero_padding=True)
+    convert.convert_llmc(tmp_path / "a.bin", tmp_path / "hf")
+    dtype = {3: "float32", 5: "bfloat16"}[version]
+    main(["to-llmc", str(tmp_path / "hf"), str(tmp_path / "b.bin"), "--dtype", dtype])
+    assert (tmp_path / "b.bin").read_bytes() == (tmp_path / "a.bin").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["to-llmc", str(tmp_path / "hf"), str(tmp_path / "b.bin")])
+    assert "b.bin already exists; pass --overwrite" in capsys.readouterr().err
+    convert.convert_nanogpt(_save(tmp_path / "exact.pt", NanoGPT(50257)), tmp_path / "exact", n_head=N_HEAD,
+                            gelu="exact")
+    with pytest.raises(ConversionError, match="cannot represent this model: activation_function='gelu'"):
+        convert.write_llmc_model(tmp_path / "exact", tmp_path / "c.bin")
+
+
+def _save(path: Path, model: nn.Module) -> Path:
+    torch.save(model.state_dict(), path)
+    return path
 
 
 def test_bad_llmc_files_are_refused_naming_the_file(tmp_path, capsys):
