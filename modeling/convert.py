@@ -86,8 +86,8 @@ class _PickledConfig:
     """Stands in for a pickled ``GPTConfig`` dataclass: unpickling only sets its fields as attributes."""
 
 
-# Where a pickled GPTConfig says its class lives: build-nanogpt runs train_gpt2.py as a script (__main__); nanoGPT's
-# is model.GPTConfig; llm.c's train_gpt2.py, run as a script too, has the same name.
+# Where a pickled GPTConfig says its class lives: build-nanogpt runs train_gpt2.py as a script (__main__.GPTConfig);
+# the other names are the same kind of class imported from train_gpt2.py or from nanoGPT's model.py.
 _CONFIG_CLASS_NAMES = ("__main__.GPTConfig", "train_gpt2.GPTConfig", "model.GPTConfig")
 
 
@@ -109,13 +109,15 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict:
                     raise
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # not refused by the allow-list: the file itself is not a pickle
+            raise ConversionError(f"{path}: not a PyTorch checkpoint torch.load can read ({e})") from e
         raise ConversionError(
             f"{path}: holds Python objects other than tensors and plain values, which are never unpickled here "
             f"({str(e).splitlines()[0]}). Re-save it where it was trained as torch.save({{'model': "
             "model.state_dict(), 'model_args': {'n_layer': ..., 'n_head': ..., 'n_embd': ..., 'block_size': ..., "
             "'vocab_size': ...}}, path).") from e
     except Exception as e:
-        raise ConversionError(f"{path}: not a PyTorch checkpoint torch.load can read ({e})") from e
+        raise ConversionError(f"{path}: not a PyTorch checkpoint torch.load can read ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: expected a state dict or a dict with a 'model' state dict, got a "
                               f"{type(obj).__name__}")
