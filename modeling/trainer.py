@@ -26,6 +26,7 @@ from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
 from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params, padded_vocab_size
+from modeling.report import RunInfo, finish_run
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
 
@@ -280,6 +281,7 @@ def train(config: TrainingConfig) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
+    run_info = RunInfo.start(output_dir, accelerator, state.step, config.data_dir)  # hardware and wall time, for the model card
     accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
     tokens_per_step = B * config.seq_len * accum * world
     n_params = num_params(accelerator.unwrap_model(model))
@@ -296,6 +298,7 @@ def train(config: TrainingConfig) -> dict:
     def save() -> None:
         ckpt.save_checkpoint(accelerator, model, output_dir, state.step, model_config, tokenizer, run_config,
                              config.save_total_limit)
+        run_info.saved(state.step)
 
     def evaluate(val: bool, hellaswag_now: bool) -> dict:
         result = {}
@@ -361,5 +364,8 @@ def train(config: TrainingConfig) -> dict:
         if state.step % config.save_steps == 0 or last:
             save()
     bar.close()
+    run_info.finish(state.step)
+    if accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
+        finish_run(output_dir, ckpt.find_checkpoint(output_dir, "latest"))
     accelerator.end_training()
     return record
