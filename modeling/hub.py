@@ -216,3 +216,40 @@ def place_in_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | Non
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / revision).write_text(commit)
     return snapshot
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m modeling.hub FOLDER --repo-id USER/NAME [--generate PROMPT]``: place a (dry-run) folder in the Hub
+    cache ($HF_HUB_CACHE) as ``USER/NAME``, then optionally load it by that id with ``pipeline`` and generate."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="Put a folder where huggingface_hub resolves a repo id offline.")
+    p.add_argument("folder", help="a folder to serve as the repo's main revision (e.g. a push_to_hub.py --dry-run OUT)")
+    p.add_argument("--repo-id", required=True, help="USER/NAME it will load as")
+    p.add_argument("--cache-dir", default=None, help="default: $HF_HUB_CACHE (huggingface_hub's cache)")
+    p.add_argument("--generate", metavar="PROMPT", default=None,
+                   help="then run pipeline('text-generation', model=REPO_ID) on PROMPT and print the text")
+    args = p.parse_args(argv)
+    try:
+        check_checkpoint(args.folder)
+        snapshot = place_in_cache(args.folder, args.repo_id, args.cache_dir)
+    except HubError as e:
+        sys.exit(f"modeling.hub: error: {e}")
+    print(f"{args.folder} -> {snapshot} (loads as {args.repo_id!r})")
+    if args.generate is not None:
+        from huggingface_hub import constants
+        from transformers import pipeline, set_seed
+
+        if args.cache_dir and Path(args.cache_dir).resolve() != Path(constants.HF_HUB_CACHE).resolve():
+            sys.exit("modeling.hub: error: --generate loads from $HF_HUB_CACHE; set it to --cache-dir instead")
+        set_seed(0)
+        generator = pipeline("text-generation", model=args.repo_id)
+        text = generator(args.generate, max_new_tokens=30, do_sample=True, top_k=50)[0]["generated_text"]
+        mode = "offline" if constants.is_offline_mode() else "online"
+        print(f"pipeline('text-generation', model={args.repo_id!r}), {mode}, generates:")
+        print(f"  {text!r}")
+
+
+if __name__ == "__main__":
+    main()
