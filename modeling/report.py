@@ -201,7 +201,7 @@ def plot_eval(records: list[dict], path: str | Path, *, reference_val_loss: floa
               val_description: str | None = None, hellaswag_description: str | None = None,
               final_hellaswag: list[dict] | None = None, title: str | None = None) -> Path:
     """eval.png: loss against steps (tokens on the top axis) and HellaSwag against steps in both conventions."""
-    from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     plt = _pyplot()
     fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5.6), layout="constrained")
@@ -237,7 +237,7 @@ def plot_eval(records: list[dict], path: str | Path, *, reference_val_loss: floa
     tokens_per_step = train[-1]["tokens"] / train[-1]["step"] if train and train[-1].get("tokens") else None
     if tokens_per_step:
         top = ax_loss.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
-        top.xaxis.set_major_formatter(EngFormatter(places=0, sep=""))
+        top.xaxis.set_major_formatter(FuncFormatter(lambda t, _: _fmt_count(t)))  # 10B, not EngFormatter's 10G
         top.set_xlabel("tokens seen")
     if train or val or reference_val_loss is not None:
         ax_loss.legend(loc="best", fontsize=9)
@@ -457,8 +457,9 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def _fmt_count(n: float) -> str:
+    """1234567 -> 1.23M; B is billions, as token counts are quoted."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
+        if abs(n) >= size:
             return f"{n / size:.2f}".rstrip("0").rstrip(".") + unit
     return f"{n:g}"
 
