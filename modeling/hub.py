@@ -43,7 +43,7 @@ def check_checkpoint(folder: str | Path) -> Path:
     """``folder`` if it is a complete Transformers checkpoint, else a HubError listing what is missing.
 
     A training ``output_dir`` stands for its newest checkpoint."""
-    from modeling.checkpoint import RUN_CONFIG, STATE_DIR, list_checkpoints
+    from modeling.checkpoint import STATE_DIR, incomplete_reason, list_checkpoints
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -66,8 +66,8 @@ def check_checkpoint(folder: str | Path) -> Path:
         missing.append("tokenizer_config.json")
     if not ((folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())):
         missing.append("tokenizer.json (or vocab.json + merges.txt)")
-    if (folder / STATE_DIR).is_dir() and not (folder / STATE_DIR / RUN_CONFIG).is_file():
-        missing.append(f"{STATE_DIR}/{RUN_CONFIG} (the training state is unfinished)")
+    if (folder / STATE_DIR).is_dir() and (reason := incomplete_reason(folder)):  # a save that did not finish
+        missing.append(f"a finished save: {reason}")
     if missing:
         raise HubError(f"{folder} is not a complete checkpoint: missing {', '.join(missing)}. Pass a checkpoint-N "
                        "folder written by train_hf.py, or a folder saved with save_pretrained() for both the model "

@@ -39,6 +39,57 @@ def bpe_dir() -> Path:
     return BPE_DIR
 
 
+# ---- training helpers shared by the training and fault tests ----
+
+def make_data(out, **kwargs):
+    from modeling.prepare import PrepareArguments, prepare_shards
+
+    prepare_shards(PrepareArguments(source=str(FINEWEB_SAMPLE), out=str(out), **kwargs), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    if not (FINEWEB_SAMPLE.exists() and BPE_DIR.is_dir()):
+        pytest.skip(f"needs the shared test data at {SHARED_DATA} (put ../shared beside the project, or set GPT2_SHARED_DATA)")
+    return make_data(tmp_path_factory.mktemp("data"), max_tokens=300_000, shard_size=100_000, val_tokens=20_000)
+
+
+@pytest.fixture(scope="session")
+def epoch_data_dir(tmp_path_factory):
+    # 3 train shards of 400 tokens = 36 windows of 33 tokens: an epoch is 9 micro-batches of 4, so short runs
+    # cross epoch boundaries (reshuffle + resume in the middle of an epoch).
+    if not (FINEWEB_SAMPLE.exists() and BPE_DIR.is_dir()):
+        pytest.skip(f"needs the shared test data at {SHARED_DATA} (put ../shared beside the project, or set GPT2_SHARED_DATA)")
+    return make_data(tmp_path_factory.mktemp("epoch"), max_tokens=1_400, shard_size=400, val_tokens=200)
+
+
+TINY = dict(model_config="tiny", seq_len=32, per_device_train_batch_size=4, total_batch_size=256, max_steps=6,
+            warmup_steps=1, learning_rate=3e-3, min_lr=3e-4, bf16=False, eval_steps=3, eval_batches=2,
+            num_samples=0, save_steps=3, report_to="none")
+
+
+def run(output_dir, data_dir, **overrides) -> list[dict]:
+    """train() in this process on the tiny preset; returns metrics.jsonl."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling.config import TrainingConfig
+    from modeling.trainer import train
+
+    try:
+        train(TrainingConfig(**{**TINY, "data_dir": str(data_dir), "output_dir": str(output_dir), **overrides}))
+    finally:  # accelerate's state is process-wide; the next run in this process starts clean
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return read_metrics(output_dir)
+
+
+def read_metrics(output_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished 6-step run of the tiny preset with val loss and in-loop HellaSwag (8 examples) at steps 3 and 6,
@@ -46,23 +97,8 @@ def tiny_run(tmp_path_factory):
     for path in (BPE_DIR, FINEWEB_SAMPLE, HELLASWAG_FILE):
         if not path.exists():
             pytest.skip(f"needs the shared test data at {path} (put ../shared beside the project, or set GPT2_SHARED_DATA)")
-    from accelerate.state import AcceleratorState, GradientState
-
-    from modeling.config import TrainingConfig
-    from modeling.prepare import PrepareArguments, prepare_shards
-    from modeling.trainer import train
-
     root = tmp_path_factory.mktemp("tiny_run")
-    prepare_shards(PrepareArguments(source=str(FINEWEB_SAMPLE), out=str(root / "data"), max_tokens=40_000,
-                                    shard_size=20_000, val_tokens=4_000), progress=False)
-    config = TrainingConfig(data_dir=str(root / "data"), output_dir=str(root / "run"), model_config="tiny", seq_len=32,
-                            per_device_train_batch_size=4, total_batch_size=128, max_steps=6, warmup_steps=2,
-                            learning_rate=3e-3, min_lr=3e-4, bf16=False, eval_steps=3, eval_batches=2, num_samples=0,
-                            save_steps=3, hellaswag_steps=3, hellaswag_limit=8, hellaswag_data=str(HELLASWAG_FILE),
-                            report_to="none", run_name="tiny-test")
-    try:
-        train(config)
-    finally:  # accelerate's state is process-wide; the next run in this process starts clean
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    make_data(root / "data", max_tokens=40_000, shard_size=20_000, val_tokens=4_000)
+    run(root / "run", root / "data", total_batch_size=128, warmup_steps=2, hellaswag_steps=3, hellaswag_limit=8,
+        hellaswag_data=str(HELLASWAG_FILE), run_name="tiny-test")
     return root / "run"

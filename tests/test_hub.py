@@ -103,8 +103,11 @@ def test_incomplete_folders_and_bad_arguments_are_refused_saying_what_is_wrong(t
     assert "still being written" in refused(unfinished)
     no_state = tmp_path / "no_state" / "checkpoint-6"
     shutil.copytree(tiny_run / "checkpoint-6", no_state)
-    (no_state / "training_state" / "run_config.json").unlink()
-    assert "missing training_state/run_config.json" in refused(no_state)
+    (no_state / "training_state" / "complete.json").unlink()  # the save never finished
+    assert "missing a finished save: no training_state/complete.json" in refused(no_state)
+    (no_state / "training_state" / "optimizer.bin").write_bytes(b"")
+    shutil.copy(tiny_run / "checkpoint-6" / "training_state" / "complete.json", no_state / "training_state")
+    assert "optimizer.bin has 0 bytes" in refused(no_state)
     assert "not of the form USER/NAME" in refused(tiny_run / "checkpoint-6", repo_id="tiny")
     assert "is not a folder" in refused(tmp_path / "nowhere")
     (tmp_path / "busy").mkdir()
