@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from modeling import report
+from modeling.card import build_model_card
 
 # Top-level files of a Transformers folder that belong on the Hub.
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
@@ -114,7 +115,8 @@ def stage(checkpoint: str | Path, out: str | Path, *, repo_id: str | None = None
             if (checkpoint / name).is_file():
                 shutil.copy2(checkpoint / name, tmp / name)
     else:
-        report.build_model_card(checkpoint, repo_id=repo_id, dataset_id=dataset_id, license=license).save(str(tmp / report.CARD))
+        card = build_model_card(checkpoint, repo_id=repo_id, dataset_id=dataset_id, license=license)
+        card.save(str(tmp / report.CARD))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -169,7 +171,7 @@ def push(checkpoint: str | Path, repo_id: str, *, private: bool = False, revisio
         api = HfApi(token=token)
     try:
         user = api.whoami()
-    except Exception as e:  # connection refused, DNS, 401: say which, without the token
+    except Exception as e:  # noqa: BLE001 - connection refused, DNS, 401...: say which, without the token
         raise HubError(f"cannot reach the Hub or the token is not accepted ({type(e).__name__}: {e}). "
                        "Check the network and HF_TOKEN, or use --dry-run OUT.") from None
     log(f"pushing {checkpoint} to {repo_id} as {user.get('name', '?')}")

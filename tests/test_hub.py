@@ -4,14 +4,15 @@ HfApi), and a pushed folder loading by repo id offline with stock Transformers, 
 import json
 import shutil
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 import torch
+from conftest import HELLASWAG_FILE
 
 import push_to_hub
-from conftest import HELLASWAG_FILE
 from modeling import hub, report
 
 TOKEN = "hf_" + "Sx9" * 11 + "q"  # a fake token: it must never appear in anything printed
@@ -43,8 +44,7 @@ class RecordingApi:
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs))
         root = kwargs["folder_path"]
-        self.uploaded = {str(p.relative_to(root)): p.stat().st_size for p in __import__("pathlib").Path(root).rglob("*")
-                         if p.is_file()}
+        self.uploaded = {str(p.relative_to(root)): p.stat().st_size for p in Path(root).rglob("*") if p.is_file()}
         return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abc")
 
 
@@ -73,7 +73,7 @@ def test_dry_run_writes_exactly_the_upload_and_no_training_state(tiny_run, tmp_p
     assert code == 0
     files = {p.name: p.stat().st_size for p in out.rglob("*") if p.is_file()}
     assert set(files) == UPLOAD  # allow-listed: no training_state/, optimizer, RNG, scheduler, run_config
-    for name, size in files.items():  # the listing names every file with its size
+    for name in files:  # the listing names every file with its size
         assert any(line.split()[0] == name for line in printed.splitlines() if line.startswith("  ")), name
     assert f"{len(files)} files" in printed
     # As of checkpoint-3: the log stops there, and the card speaks of step 3 and of the repo id.
@@ -88,7 +88,7 @@ def test_dry_run_writes_exactly_the_upload_and_no_training_state(tiny_run, tmp_p
 
 def test_incomplete_folders_and_bad_arguments_are_refused_saying_what_is_wrong(tiny_run, tmp_path, capsys):
     def refused(checkpoint, *extra, repo_id="someone/tiny"):
-        code, printed = run_cli([str(checkpoint), "--repo-id", repo_id, "--dry-run", str(tmp_path / "out"), *extra], capsys)
+        code, _ = run_cli([str(checkpoint), "--repo-id", repo_id, "--dry-run", str(tmp_path / "out"), *extra], capsys)
         assert code != 0 and not (tmp_path / "out").exists()
         return str(code)
 
@@ -112,20 +112,20 @@ def test_incomplete_folders_and_bad_arguments_are_refused_saying_what_is_wrong(t
     assert "is not a folder" in refused(tmp_path / "nowhere")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    code, printed = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--dry-run",
-                             str(tmp_path / "busy")], capsys)
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--dry-run",
+                       str(tmp_path / "busy")], capsys)
     assert code != 0 and "holds files that are not part of an upload (notes.txt)" in str(code)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
 def test_no_push_offline_or_without_a_token_and_nothing_is_done_first(tiny_run, monkeypatch, capsys, online):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    code, printed = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny"], capsys)
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny"], capsys)
     assert "HF_HUB_OFFLINE=1 is set" in str(code) and "--dry-run" in str(code) and not RecordingApi.instances
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # and no stored login
-    code, printed = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny"], capsys)
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny"], capsys)
     assert "no Hugging Face token: set HF_TOKEN" in str(code) and not RecordingApi.instances
 
 
@@ -176,9 +176,9 @@ def test_a_dry_run_folder_loads_by_repo_id_offline(tiny_run, tmp_path, monkeypat
                                                                   do_sample=False)[0]["generated_text"]
     assert text.startswith("The history of") and len(text) > len("The history of")
 
-    import eval_hellaswag
     from lm_eval.__main__ import cli_evaluate
 
+    import eval_hellaswag
     from modeling.harness import write_task_dir
 
     results = tmp_path / "hellaswag.json"
