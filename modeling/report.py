@@ -1,4 +1,5 @@
-"""What a run shows its users: the plots (eval.png, lr_schedule.png) and the model card (README.md).
+"""What a run shows its users: the plots (eval.png, lr_schedule.png), and the facts the model card
+(modeling/card.py) is written from; run_info.json, the record of each training session.
 
     python -m modeling.report OUTPUT_DIR [--checkpoint DIR]
 
