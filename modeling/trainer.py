@@ -7,6 +7,7 @@ One optimizer step = ``gradient_accumulation_steps`` micro-batches of (B, T+1) t
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -352,7 +353,8 @@ def train(config: TrainingConfig) -> dict:
             state.skipped_steps += 1
             accelerator.print(f"step {state.step + 1}: non-finite loss ({loss:.4g}) or gradient norm; skipped "
                               f"({state.skipped_steps} of {config.skip_nonfinite_steps} allowed)")
-            metrics.write({"step": state.step + 1, "loss": loss, "skipped": True, "tokens": state.tokens_seen})
+            metrics.write({"step": state.step + 1, "loss": loss if math.isfinite(loss) else None, "skipped": True,
+                           "tokens": state.tokens_seen})
             return
         found = ckpt.list_checkpoints(output_dir)
         raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, found[-1][1] if found else None,
@@ -414,4 +416,7 @@ def train(config: TrainingConfig) -> dict:
     if accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
         finish_run(output_dir, ckpt.find_checkpoint(output_dir, "latest"))
     accelerator.end_training()
+    # A last barrier (its tensors are gloo's own): returning right after a collective on one of our tensors can
+    # deadlock the process group's teardown, whose worker thread still needs the GIL to release that tensor.
+    accelerator.wait_for_everyone()
     return record

@@ -160,8 +160,8 @@ def test_resume_gives_bit_identical_losses(tmp_path, epoch_data_dir, monkeypatch
     resumed = run(tmp_path / "resumed", epoch_data_dir, resume_from_checkpoint="latest", **settings)
     strip = lambda ms: [{k: v for k, v in m.items() if k not in ("step_seconds", "tokens_per_second", "mfu")} for m in ms]  # noqa: E731
     assert strip(resumed) == strip(straight)  # loss, lr, grad norm, val loss: all bit-identical
-    a = torch.load(tmp_path / "straight/checkpoint-8/training_state/optimizer.bin", weights_only=False)
-    b = torch.load(tmp_path / "resumed/checkpoint-8/training_state/optimizer.bin", weights_only=False)
+    a = torch.load(tmp_path / "straight/checkpoint-8/training_state/optimizer.bin", weights_only=True)
+    b = torch.load(tmp_path / "resumed/checkpoint-8/training_state/optimizer.bin", weights_only=True)
     assert all(torch.equal(a["state"][i]["exp_avg"], b["state"][i]["exp_avg"]) for i in a["state"])
 
 
