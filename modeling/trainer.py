@@ -366,7 +366,6 @@ def train(config: TrainingConfig) -> dict:
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="training")
     record: dict = {}
-    saved_at, path = (state.step, resume_from) if resume_from is not None else (None, None)
     model.train()
     with StopSignals(accelerator.process_index) as signals:
         while state.step < config.max_steps:
@@ -404,8 +403,8 @@ def train(config: TrainingConfig) -> dict:
             if finite and (state.step % config.logging_steps == 0 or do_eval or do_hellaswag):
                 record = log(started, loss_sum, lr, grad_norm, do_eval, do_hellaswag)
             bar.update(1)
-            if state.step % config.save_steps == 0 or last or (stop and saved_at != state.step):
-                saved_at, path = state.step, save()
+            if state.step % config.save_steps == 0 or last or stop:
+                path = save()
             if stop:
                 bar.close()
                 name = signals.requested or "a stop signal on another process"
@@ -415,8 +414,8 @@ def train(config: TrainingConfig) -> dict:
     run_info.finish(state.step)
     if accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
         finish_run(output_dir, ckpt.find_checkpoint(output_dir, "latest"))
-    accelerator.end_training()
-    # A last barrier (its tensors are gloo's own): returning right after a collective on one of our tensors can
+    # A last barrier (its tensors are gloo's own): ending right after a collective on one of our tensors can
     # deadlock the process group's teardown, whose worker thread still needs the GIL to release that tensor.
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # also destroys the process group
     return record

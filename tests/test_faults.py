@@ -2,7 +2,6 @@
 dying ranks. Each test injects one fault into a real run of the tiny preset and checks what a user relies on."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import ROOT, TINY, launch_cpu_ddp, needs_bpe, needs_fineweb, read_metrics, run
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError
 
@@ -41,9 +40,7 @@ def cli(*args) -> list[str]:
 
 def launch_ddp(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     """train_hf.py on 2 CPU processes (DDP over gloo)."""
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "train_hf.py", *args], cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, **kwargs)
+    return launch_cpu_ddp(["train_hf.py", *args], **kwargs)
 
 
 # ---- gradient accumulation has one owner: resuming on any accumulation steps the optimizer every step ----
@@ -348,24 +345,4 @@ def test_processes_that_do_not_share_the_output_dir_are_told_checkpoints_need_a_
 
 
 def launch_ddp_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "tests/inject_fault.py", *args], cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout)
-
-
-def test_resuming_unpickles_nothing_but_tensors(tmp_path, data_dir, reference, monkeypatch):
-    # Every torch.load on the resume path is weights_only=True: a checkpoint from elsewhere cannot run code.
-    reference_dir, expected = reference
-    out = tmp_path / "run"
-    shutil.copytree(reference_dir / "checkpoint-6", out / "checkpoint-6")
-    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in expected[:6]))
-    calls, original = [], torch.load
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("weights_only"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
-    resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
-    assert calls and all(flag is True for flag in calls), calls
-    assert strip(resumed) == strip(expected)
+    return launch_cpu_ddp(["tests/inject_fault.py", *args], timeout=timeout)
