@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="write the metrics as JSON here")
     p.add_argument("--per_example", default=None, help="write one JSON line per example here (scores, predictions, label)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--no_record", dest="record", action="store_false",
+                   help="do not record the results in the checkpoint folder (hellaswag_results.json, read by the model card)")
     return p.parse_args(argv)
 
 
@@ -127,6 +129,11 @@ def main() -> None:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.output}")
+    if args.record and os.path.isdir(args.model):
+        from modeling.report import record_hellaswag, recordable
+
+        if recordable(args.model):
+            print(f"recorded in {record_hellaswag(args.model, report, data=args.data, offset=args.offset, n=len(examples), dtype=args.dtype)}")
     if args.per_example:
         if result:  # our scores in each convention (plus the harness's, when it ran)
             result.write_per_example(args.per_example)

@@ -78,6 +78,8 @@ class TrainingConfig:
     report_to: str = field(default="tensorboard", metadata={"help": "Trackers: tensorboard, wandb, ..., comma-separated, or none."})
     run_name: str = field(default="gpt2-hf", metadata={"help": "Tracker project/run name."})
     dataloader_num_workers: int = 0
+    reference_val_loss: Optional[float] = field(default=None, metadata={
+        "help": "Val loss of a reference run of this recipe, drawn dashed in eval.png and quoted in the model card."})
     peak_flops: Optional[float] = field(default=None, metadata={"help": "Device peak FLOP/s for MFU (default: known GPUs, or measured on CPU)."})
 
     # Fields a resumed run must share with its checkpoint: they fix the model, the data order and the schedule.

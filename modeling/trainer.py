@@ -26,6 +26,7 @@ from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
 from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_message
 from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params
+from modeling.report import RunInfo, finish_run
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
 from modeling.verify import check_data_dir
@@ -289,6 +290,7 @@ def train(config: TrainingConfig) -> dict:
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
 
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
+    run_info = RunInfo.start(output_dir, accelerator, state.step, config.data_dir)  # hardware and wall time, for the model card
     accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
     tokens_per_step = B * config.seq_len * accum * world
     n_params = num_params(accelerator.unwrap_model(model))
@@ -308,8 +310,10 @@ def train(config: TrainingConfig) -> dict:
             found = ckpt.list_checkpoints(output_dir)
             raise TrainingStopped(nonfinite_message(state.step, float("nan"), None, found[-1][1] if found else None,
                                                     state.skipped_steps, config.skip_nonfinite_steps))
-        return ckpt.save_checkpoint(accelerator, model, output_dir, state.step, model_config, tokenizer, run_config,
-                                    state.state_dict(), config.save_total_limit)
+        saved = ckpt.save_checkpoint(accelerator, model, output_dir, state.step, model_config, tokenizer, run_config,
+                                     state.state_dict(), config.save_total_limit)
+        run_info.saved(state.step)
+        return saved
 
     def evaluate(val: bool, hellaswag_now: bool) -> dict:
         result = {}
@@ -410,6 +414,9 @@ def train(config: TrainingConfig) -> dict:
                 raise TrainingStopped(f"stopped by {name} at step {state.step}: saved {path}. Continue with "
                                       "--resume_from_checkpoint latest.", exit_code=128 + (signals.signum or 15))
     bar.close()
+    run_info.finish(state.step)
+    if accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
+        finish_run(output_dir, ckpt.find_checkpoint(output_dir, "latest"))
     # A last barrier (its tensors are gloo's own): ending right after a collective on one of our tensors can
     # deadlock the process group's teardown, whose worker thread still needs the GIL to release that tensor.
     accelerator.wait_for_everyone()

@@ -104,3 +104,17 @@ def launch_cpu_ddp(script_and_args: list[str], **kwargs):
                            str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "--main_process_port", str(port),
                            *script_and_args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished 6-step run of the tiny preset with val loss and in-loop HellaSwag (8 examples) at steps 3 and 6,
+    checkpoints 3 and 6: what the report, card and Hub tests read. Built once per session (~5 s)."""
+    for path in (BPE_DIR, FINEWEB_SAMPLE, HELLASWAG_FILE):
+        if not path.exists():
+            pytest.skip(f"needs the shared test data at {path} (put ../shared beside the project, or set GPT2_SHARED_DATA)")
+    root = tmp_path_factory.mktemp("tiny_run")
+    make_data(root / "data", max_tokens=40_000, shard_size=20_000, val_tokens=4_000)
+    run(root / "run", root / "data", total_batch_size=128, warmup_steps=2, hellaswag_steps=3, hellaswag_limit=8,
+        hellaswag_data=str(HELLASWAG_FILE), run_name="tiny-test")
+    return root / "run"

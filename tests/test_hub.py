@@ -1,0 +1,208 @@
+"""push_to_hub.py and modeling/hub.py: the dry-run folder, the refusals, the upload calls (against a stand-in for
+HfApi), and a pushed folder loading by repo id offline with stock Transformers, eval_hellaswag.py and lm_eval."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+import torch
+from conftest import HELLASWAG_FILE
+
+import push_to_hub
+from modeling import hub, report
+
+TOKEN = "hf_" + "Sx9" * 11 + "q"  # a fake token: it must never appear in anything printed
+UPLOAD = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+          "README.md", "eval.png", "lr_schedule.png", "metrics.jsonl"}
+
+
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi: records each call and what the uploaded folder held at that moment."""
+
+    instances: list = []
+
+    def __init__(self, token=None, fail_whoami=False):
+        self.token, self.fail_whoami, self.calls, self.uploaded = token, fail_whoami, [], None
+        RecordingApi.instances.append(self)
+
+    def whoami(self):
+        self.calls.append(("whoami",))
+        if self.fail_whoami:
+            raise ConnectionError("Failed to resolve 'huggingface.co'")
+        return {"name": "someone"}
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        root = kwargs["folder_path"]
+        self.uploaded = {str(p.relative_to(root)): p.stat().st_size for p in Path(root).rglob("*") if p.is_file()}
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abc")
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """What a push sees with network and a token (nothing reaches the network: HfApi is the stand-in)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    RecordingApi.instances = []
+
+
+def run_cli(argv, capsys):
+    try:
+        push_to_hub.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_dry_run_writes_exactly_the_upload_and_no_training_state(tiny_run, tmp_path, capsys):
+    out = tmp_path / "upload"
+    code, printed = run_cli([str(tiny_run / "checkpoint-3"), "--repo-id", "someone/tiny", "--dry-run", str(out)], capsys)
+    assert code == 0
+    files = {p.name: p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    assert set(files) == UPLOAD  # allow-listed: no training_state/, optimizer, RNG, scheduler, run_config
+    for name in files:  # the listing names every file with its size
+        assert any(line.split()[0] == name for line in printed.splitlines() if line.startswith("  ")), name
+    assert f"{len(files)} files" in printed
+    # As of checkpoint-3: the log stops there, and the card speaks of step 3 and of the repo id.
+    assert [r["step"] for r in report.read_metrics(out)] == [1, 2, 3]
+    card = (out / "README.md").read_text()
+    assert "This is step 3 of 6" in card and 'from_pretrained("someone/tiny")' in card
+    # Again into the same folder (an earlier dry run) is fine; the output_dir stands for its newest checkpoint.
+    code, printed = run_cli([str(tiny_run), "--repo-id", "someone/tiny", "--dry-run", str(out)], capsys)
+    assert code == 0 and f"{tiny_run / 'checkpoint-6'} -> {out}" in printed
+    assert [r["step"] for r in report.read_metrics(out)][-1] == 6 and not (out.parent / "upload.tmp").exists()
+
+
+def test_incomplete_folders_and_bad_arguments_are_refused_saying_what_is_wrong(tiny_run, tmp_path, capsys):
+    def refused(checkpoint, *extra, repo_id="someone/tiny"):
+        code, _ = run_cli([str(checkpoint), "--repo-id", repo_id, "--dry-run", str(tmp_path / "out"), *extra], capsys)
+        assert code != 0 and not (tmp_path / "out").exists()
+        return str(code)
+
+    broken = tmp_path / "checkpoint-6"
+    shutil.copytree(tiny_run / "checkpoint-6", broken)
+    (broken / "model.safetensors").unlink()
+    (broken / "tokenizer.json").unlink()
+    message = refused(broken)
+    assert "not a complete checkpoint: missing model.safetensors (the weights), tokenizer.json (or vocab.json + merges.txt)" in message
+    unfinished = tmp_path / "checkpoint-9.tmp"
+    shutil.copytree(tiny_run / "checkpoint-6", unfinished)
+    assert "still being written" in refused(unfinished)
+    no_state = tmp_path / "no_state" / "checkpoint-6"
+    shutil.copytree(tiny_run / "checkpoint-6", no_state)
+    (no_state / "training_state" / "complete.json").unlink()  # the save never finished
+    assert "missing a finished save: no training_state/complete.json" in refused(no_state)
+    (no_state / "training_state" / "optimizer.bin").write_bytes(b"")
+    shutil.copy(tiny_run / "checkpoint-6" / "training_state" / "complete.json", no_state / "training_state")
+    assert "optimizer.bin has 0 bytes" in refused(no_state)
+    assert "not of the form USER/NAME" in refused(tiny_run / "checkpoint-6", repo_id="tiny")
+    assert "is not a folder" in refused(tmp_path / "nowhere")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--dry-run",
+                       str(tmp_path / "busy")], capsys)
+    assert code != 0 and "holds files that are not part of an upload (notes.txt)" in str(code)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_no_push_offline_or_without_a_token_and_nothing_is_done_first(tiny_run, monkeypatch, capsys, online):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny"], capsys)
+    assert "HF_HUB_OFFLINE=1 is set" in str(code) and "--dry-run" in str(code) and not RecordingApi.instances
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # and no stored login
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny"], capsys)
+    assert "no Hugging Face token: set HF_TOKEN" in str(code) and not RecordingApi.instances
+
+
+def test_push_creates_the_repo_and_uploads_the_dry_run_folder_without_showing_the_token(tiny_run, tmp_path, capsys,
+                                                                                         online):
+    code, printed = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--private", "--revision",
+                             "dev", "--commit-message", "First upload"], capsys)
+    assert code == 0 and "pushed: https://huggingface.co/someone/tiny/commit/0123abc" in printed
+    (api,) = RecordingApi.instances
+    assert api.token == TOKEN and TOKEN not in printed
+    assert [c[0] for c in api.calls] == ["whoami", "create_repo", "create_branch", "upload_folder"]
+    assert api.calls[1][1:] == ("someone/tiny", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert api.calls[2][1:] == ("someone/tiny", {"branch": "dev", "repo_type": "model", "exist_ok": True})
+    upload = api.calls[3][1]
+    assert (upload["repo_id"], upload["revision"], upload["commit_message"]) == ("someone/tiny", "dev", "First upload")
+    run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--dry-run", str(tmp_path / "dry")], capsys)
+    dry = {p.name: p.stat().st_size for p in (tmp_path / "dry").iterdir()}
+    assert set(api.uploaded) == set(dry) == UPLOAD
+    assert all(api.uploaded[n] == dry[n] for n in dry if n not in ("eval.png", "lr_schedule.png"))  # PNGs: same plots
+    # The Hub not answering is found before anything is created or uploaded, and the message holds no token.
+    failing = RecordingApi(token=TOKEN, fail_whoami=True)
+    with pytest.raises(hub.HubError, match="cannot reach the Hub") as error:
+        hub.push(tiny_run / "checkpoint-6", "someone/tiny", api=failing, log=lambda _: None)
+    assert [c[0] for c in failing.calls] == ["whoami"] and TOKEN not in str(error.value)
+
+
+def test_a_dry_run_folder_loads_by_repo_id_offline(tiny_run, tmp_path, monkeypatch, capsys):
+    """The pushed folder, placed where huggingface_hub looks for a downloaded repo, loads by its id with
+    HF_HUB_OFFLINE=1: from_pretrained, pipeline, eval_hellaswag.py --model and the lm_eval CLI (in this process, as
+    their console scripts would run them; the repo id is resolved only through the cache)."""
+    from accelerate.state import AcceleratorState, GradientState
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    out = tmp_path / "upload"
+    hub.stage(tiny_run / "checkpoint-6", out, repo_id="someone/tiny-gpt2")
+    cache = tmp_path / "hub-cache"
+    snapshot = hub.place_in_cache(out, "someone/tiny-gpt2", cache_dir=cache)
+    assert snapshot.parent.parent == cache / "models--someone--tiny-gpt2"
+    assert (cache / "models--someone--tiny-gpt2" / "refs" / "main").read_text() == snapshot.name
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    model = AutoModelForCausalLM.from_pretrained("someone/tiny-gpt2")
+    original = AutoModelForCausalLM.from_pretrained(tiny_run / "checkpoint-6")
+    ids = AutoTokenizer.from_pretrained("someone/tiny-gpt2")("The history of", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, original(ids).logits)
+    text = pipeline("text-generation", model="someone/tiny-gpt2")("The history of", max_new_tokens=5,
+                                                                  do_sample=False)[0]["generated_text"]
+    assert text.startswith("The history of") and len(text) > len("The history of")
+
+    from lm_eval.__main__ import cli_evaluate
+
+    import eval_hellaswag
+    from modeling.harness import write_task_dir
+
+    results = tmp_path / "hellaswag.json"
+    task_dir = write_task_dir(tmp_path / "tasks", str(HELLASWAG_FILE))
+    try:
+        monkeypatch.setattr(sys, "argv", ["eval_hellaswag.py", "--model", "someone/tiny-gpt2", "--data",
+                                          str(HELLASWAG_FILE), "--limit", "3", "--output", str(results)])
+        eval_hellaswag.main()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        monkeypatch.setattr(sys, "argv", ["lm_eval", "--model", "hf", "--model_args",
+                                          "pretrained=someone/tiny-gpt2,dtype=float32", "--tasks", "hellaswag_local",
+                                          "--include_path", str(task_dir), "--limit", "3", "--device", "cpu",
+                                          "--batch_size", "4", "--output_path", str(tmp_path / "lm_eval")])
+        cli_evaluate()
+    finally:  # lm-eval's model makes an Accelerator, whose settings are process-wide
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    ours = json.loads(results.read_text())
+    assert ours["nanogpt"]["n"] == ours["lm-eval"]["n"] == 3
+    (cli_file,) = (tmp_path / "lm_eval").rglob("results_*.json")
+    cli = json.loads(cli_file.read_text())
+    assert cli["config"]["model_args"]["pretrained"] == "someone/tiny-gpt2" if isinstance(cli["config"]["model_args"], dict) \
+        else "pretrained=someone/tiny-gpt2" in cli["config"]["model_args"]
+    # the lm_eval CLI on the repo id and our scorer (lm-eval convention) on the same 3 examples
+    assert cli["results"]["hellaswag_local"]["acc,none"] == pytest.approx(ours["lm-eval"]["acc"])
+    assert cli["results"]["hellaswag_local"]["acc_norm,none"] == pytest.approx(ours["lm-eval"]["acc_norm"])
+    assert not (snapshot / report.HELLASWAG_RESULTS).exists()  # nothing is written into the Hub cache
