@@ -17,8 +17,9 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
+# Shipped inside the package, so an installed wheel finds its presets from any directory; the repository's
+# top-level configs/ is a symlink to this folder, for editing and for paths like configs/train/cpu-demo.yaml.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -146,3 +147,35 @@ def parse_training_config(argv: list[str]) -> TrainingConfig:
         argv = argv[1:]
     (config,) = parser.parse_args_into_dataclasses(args=argv)
     return config
+
+
+CONFIG_KINDS = {"train": (".yaml", ".yml"), "model": (".json",), "accelerate": (".yaml", ".yml")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``gpt2-configs``: the shipped presets, or the path of one (for ``accelerate launch --config_file``, ``cp``)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="gpt2-configs", description="List the presets shipped with gpt2-hf, or print the path of one, e.g. "
+        "`accelerate launch --config_file $(gpt2-configs accelerate/multi-gpu) -m train_hf gpt2-124m-fineweb-edu-10b`.")
+    parser.add_argument("name", nargs="?", help=f"KIND/NAME with KIND in {sorted(CONFIG_KINDS)}, e.g. train/cpu-demo")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        print(f"presets in {CONFIG_DIR}:")
+        for kind, suffixes in CONFIG_KINDS.items():
+            names = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*") if p.suffix in suffixes)
+            print(f"  {kind:<11} {' '.join(names)}")
+        return
+    kind, _, name = args.name.partition("/")
+    if kind not in CONFIG_KINDS or not name:
+        sys.exit(f"gpt2-configs: error: {args.name!r} is not KIND/NAME with KIND in {sorted(CONFIG_KINDS)}.")
+    try:
+        print(resolve_config_path(name, kind, CONFIG_KINDS[kind]).resolve())
+    except ConfigError as e:
+        sys.exit(f"gpt2-configs: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,6 @@ One optimizer step = ``gradient_accumulation_steps`` micro-batches of (B, T+1) t
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -25,7 +24,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
-from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params, padded_vocab_size
+from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
 
