@@ -8,6 +8,7 @@ folder whose YAML points at the absolute path of the file asked for (or at the H
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from modeling.progress import bar
 
 TASK_NAME = "hellaswag_local"
 TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks" / TASK_NAME
@@ -59,13 +62,38 @@ def _replace_line(text: str, pattern: str, replacement: str) -> str:
     return new_text
 
 
+@contextlib.contextmanager
+def _lm_eval_progress(progress: bool | str):
+    """lm-eval's bars ("Running loglikelihood requests", building requests) as ours: a bar on a terminal, a periodic
+    status line in a log, none when off. lm-eval has no switch for them, so its modules' ``tqdm`` name is swapped
+    for the duration of the run."""
+    from lm_eval.api import model as api_model
+    from lm_eval.api import task as api_task
+    from lm_eval.models import huggingface
+
+    def lm_eval_bar(*args, disable: bool = False, **kwargs):
+        return bar(*args, enabled=bool(progress) and not disable, force_bar=progress == "bar", **kwargs)
+
+    modules = [m for m in (api_model, api_task, huggingface) if hasattr(m, "tqdm")]
+    saved = [m.tqdm for m in modules]
+    for m in modules:
+        m.tqdm = lm_eval_bar
+    try:
+        yield
+    finally:
+        for m, original in zip(modules, saved):
+            m.tqdm = original
+
+
 def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list[int] | None = None,
-                batch_size: int = 16, device: str = "cpu", dtype: str = "float32") -> HarnessResult | None:
+                batch_size: int = 16, device: str = "cpu", dtype: str = "float32",
+                progress: bool | str = True) -> HarnessResult | None:
     """Run lm-eval's ``simple_evaluate`` on our ``hellaswag_local`` task and collect per-example log-likelihoods.
 
     ``model`` is a checkpoint folder (lm-eval loads it with ``dtype``, as its CLI would) or an in-memory model
     (then pass its ``tokenizer``). ``indices`` selects rows of the data (default: all). Under several processes
-    lm-eval shares the work itself; the result is returned on the main process and None elsewhere.
+    lm-eval shares the work itself; the result is returned on the main process and None elsewhere. ``progress``:
+    True for lm-eval's bars on a terminal and periodic status lines elsewhere, "bar" for bars anyway, False for none.
     """
     import lm_eval
     from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -74,7 +102,7 @@ def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list
     t0 = time.perf_counter()
     accelerate_was_set_up = bool(PartialState._shared_state) or bool(AcceleratorState._shared_state)
     try:
-        with tempfile.TemporaryDirectory(prefix="hellaswag_task_") as task_dir:
+        with tempfile.TemporaryDirectory(prefix="hellaswag_task_") as task_dir, _lm_eval_progress(progress):
             write_task_dir(task_dir, data)
             task_manager = TaskManager(include_path=task_dir, include_defaults=False)
             if isinstance(model, (str, Path)):
