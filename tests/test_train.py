@@ -10,54 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FINEWEB_SAMPLE, HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, needs_hellaswag
+from conftest import HELLASWAG_FILE, ROOT, TINY, needs_bpe, needs_fineweb, needs_hellaswag, read_metrics, run
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig, parse_training_config
 from modeling.data import NoShardsError
 from modeling.model import build_model, causal_lm_loss, export_model, load_model_config
-from modeling.prepare import PrepareArguments, prepare_shards
 
 pytestmark = [needs_bpe, needs_fineweb]
-
-
-def make_data(out, **kwargs):
-    prepare_shards(PrepareArguments(source=str(FINEWEB_SAMPLE), out=str(out), **kwargs), progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("data"), max_tokens=300_000, shard_size=100_000, val_tokens=20_000)
-
-
-@pytest.fixture(scope="session")
-def epoch_data_dir(tmp_path_factory):
-    # 3 train shards of 400 tokens = 36 windows of 33 tokens: an epoch is 9 micro-batches of 4, so short runs
-    # cross epoch boundaries (reshuffle + resume in the middle of an epoch).
-    return make_data(tmp_path_factory.mktemp("epoch"), max_tokens=1_400, shard_size=400, val_tokens=200)
-
-
-TINY = dict(model_config="tiny", seq_len=32, per_device_train_batch_size=4, total_batch_size=256, max_steps=6,
-            warmup_steps=1, learning_rate=3e-3, min_lr=3e-4, bf16=False, eval_steps=3, eval_batches=2,
-            num_samples=0, save_steps=3, report_to="none")
-
-
-def run(output_dir, data_dir, **overrides) -> list[dict]:
-    """train() in this process; returns metrics.jsonl."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from modeling.trainer import train
-
-    try:
-        train(TrainingConfig(**{**TINY, "data_dir": str(data_dir), "output_dir": str(output_dir), **overrides}))
-    finally:  # accelerate's state is process-wide; the next run in this process starts clean
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    return read_metrics(output_dir)
-
-
-def read_metrics(output_dir):
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_presets_have_no_dropout_and_the_paper_shapes():
@@ -125,7 +84,7 @@ def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_
     out = tmp_path / "run"
     metrics = run(out, data_dir, max_steps=30, learning_rate=1e-2, min_lr=1e-3, warmup_steps=3, eval_steps=10,
                   save_steps=10, save_total_limit=2, num_samples=1, bf16=True, report_to="tensorboard",
-                  bpe_dir=str(bpe_dir))
+                  bpe_dir=str(bpe_dir), eval_on_start=True)  # the default; the tiny settings turn it off
     assert [m["step"] for m in metrics] == list(range(0, 31))
     # Step 0 is the untrained model's val loss (eval_on_start), so the curve starts at ~ln(vocab).
     start, metrics = metrics[0], metrics[1:]
@@ -200,7 +159,7 @@ def test_resume_gives_bit_identical_losses(tmp_path, epoch_data_dir, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "resumed", epoch_data_dir, **settings)
     monkeypatch.undo()
-    assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [0, 1, 2, 3, 4]
+    assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
     resumed = run(tmp_path / "resumed", epoch_data_dir, resume_from_checkpoint="latest", **settings)
     strip = lambda ms: [{k: v for k, v in m.items() if k not in ("step_seconds", "tokens_per_second", "mfu")} for m in ms]  # noqa: E731
     assert strip(resumed) == strip(straight)  # loss, lr, grad norm, val loss: all bit-identical
@@ -243,7 +202,7 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir)
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "train_hf.py", *common, "--output_dir",
                     str(tmp_path / "ddp")], cwd=ROOT, check=True, env=env, capture_output=True)
-    single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4)
+    single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4, eval_on_start=True)
     ddp = read_metrics(tmp_path / "ddp")
     config = json.loads((tmp_path / "ddp/checkpoint-4/training_state/run_config.json").read_text())
     assert config["num_processes"] == 2 and config["gradient_accumulation_steps"] == 1
@@ -335,7 +294,7 @@ def test_extending_a_finished_run_needs_a_schedule_choice(tmp_path, data_dir):
 
     from modeling.schedule import build_scheduler
 
-    settings = dict(max_steps=4, warmup_steps=1, save_steps=4, eval_steps=4)
+    settings = dict(max_steps=4, warmup_steps=1, save_steps=4, eval_steps=4, eval_on_start=True)
     finished = tmp_path / "finished"
     run(finished, data_dir, **settings)
     shutil.copytree(finished, tmp_path / "cosine")
@@ -376,7 +335,7 @@ def test_init_from_takes_the_weights_only_and_gradient_checkpointing_changes_not
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(modeling_gpt2.GPT2MLP, "forward", counted)
-    settings = dict(max_steps=2, save_steps=2, eval_steps=2, init_from=str(tmp_path / "source"))
+    settings = dict(max_steps=2, save_steps=2, eval_steps=2, init_from=str(tmp_path / "source"), eval_on_start=True)
     plain = run(tmp_path / "plain", data_dir, **settings)
     plain_calls, calls["n"] = calls["n"], 0
     checkpointed = run(tmp_path / "checkpointed", data_dir, gradient_checkpointing=True, **settings)
