@@ -10,6 +10,7 @@ import sys
 from transformers import HfArgumentParser
 
 from modeling.prepare import OutputDirError, PrepareArguments, prepare_shards
+from modeling.progress import quiet_library_bars
 from modeling.shards import ShardFormatError
 from modeling.sources import SourceError
 from modeling.tokenizer import TokenizerNotFoundError
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
+        quiet_library_bars()  # in a log: no "Resolving data files" bars from datasets (ours prints status lines)
         manifest = prepare_shards(args, command=shlex.join(["prepare_data.py", *argv]))
     except (SourceError, OutputDirError, ShardFormatError, TokenizerNotFoundError, ValueError, FileNotFoundError) as e:
         sys.exit(f"prepare_data.py: error: {e}")

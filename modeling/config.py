@@ -57,7 +57,7 @@ class TrainingConfig:
                 "Transformers folder or Hub id such as gpt2) with a fresh optimizer, schedule and data order."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in the backward pass (Transformers' gradient checkpointing): less memory "
-                "for gpt2-774m/gpt2-1558m, ~30% more compute."})
+                "for gpt2-774m/gpt2-1558m, for one more forward pass per step (~1/3 more compute)."})
     weight_decay: float = field(default=0.1, metadata={"help": "Applied to 2-D weights (matmuls, embeddings) only."})
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95

@@ -258,9 +258,12 @@ def test_two_machines_train_together_and_eval_loss_agrees_on_any_process_count(t
                                   "train_hf.py", *common], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4, eval_on_start=True)
-    for machine in machines:
-        log = machine.communicate(timeout=600)[0]
+    logs = [machine.communicate(timeout=600)[0] for machine in machines]
+    for machine, log in zip(machines, logs):
         assert machine.returncode == 0, log[-3000:]
+    # Not a terminal: a status line instead of bar frames, and no "Writing model shards" bars from transformers.
+    assert "\r" not in logs[0] and "Writing model shards" not in logs[0]
+    assert "training: 4/4 steps (100%) | " in logs[0], logs[0][-2000:]
     two = read_metrics(out)
     assert [m["step"] for m in two] == [0, 1, 2, 3, 4]
     for a, b in zip(single, two, strict=True):
