@@ -55,3 +55,4 @@ bench: install
 	$(BIN)/python bench/prepare_data.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/hellaswag.py
+	$(BIN)/python bench/train_loader_memory.py

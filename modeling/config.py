@@ -37,6 +37,11 @@ class TrainingConfig:
     shuffle: bool = field(default=True, metadata={"help": "Shuffle shard order and windows within a shard each epoch (seeded)."})
     bpe_dir: Optional[str] = field(default=None, metadata={
         "help": "Directory with GPT-2 BPE files, for the tokenizer saved with checkpoints (default: $GPT2_BPE_DIR, then tiktoken)."})
+    verify_data: bool = field(default=False, metadata={
+        "help": "Before training, read every shard once: its sha256 must match manifest.json and every token id must be "
+                "below the tokenizer's vocabulary (a bad one is named with file and offset)."})
+    allow_incomplete_data: bool = field(default=False, metadata={
+        "help": "Train on a data_dir whose manifest.json says prepare_data.py did not finish (refused otherwise)."})
     # --- batch: tokens per optimizer step = per_device_train_batch_size x seq_len x gradient_accumulation_steps x processes ---
     total_batch_size: Optional[int] = field(default=524288, metadata={"help": "Tokens per optimizer step; accumulation is derived from it."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Sequences per micro-batch per process."})

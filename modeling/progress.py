@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Iterable, TextIO
 
@@ -48,6 +49,7 @@ class StatusLines:
         self.disable = False
         self.start = self.last_print = time.monotonic()
         self.closed = False
+        self._lock = threading.Lock()  # updated from worker threads too (verify.py's pool)
 
     def __iter__(self):
         for item in self.iterable:
@@ -59,11 +61,12 @@ class StatusLines:
         return int(self.total or 0)
 
     def update(self, n: float = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last_print >= self.interval:
-            self.last_print = now
-            self._print(now)
+        with self._lock:
+            self.n += n
+            now = time.monotonic()
+            if now - self.last_print >= self.interval:
+                self.last_print = now
+                self._print(now)
 
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
         items = {**(ordered_dict or {}), **kwargs}

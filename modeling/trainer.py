@@ -7,6 +7,7 @@ One optimizer step = ``gradient_accumulation_steps`` micro-batches of (B, T+1) t
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ from modeling.progress import bar as progress_bar
 from modeling.progress import quiet_library_bars
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
+from modeling.verify import check_data_dir
 from modeling.val_loss import val_loader
 
 # bf16 dense peak FLOP/s, for the MFU estimate (matched against torch.cuda.get_device_name()).
@@ -249,6 +251,8 @@ def train(config: TrainingConfig) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     set_seed(config.seed)  # the same initial weights on every process
 
+    # Unfinished preparation, missing or damaged shards (and with verify_data, every sha256 and token id): refused here.
+    check_data_dir(config.data_dir, config.verify_data, config.allow_incomplete_data, log=accelerator.print)
     train_data = TokenWindows(config.data_dir, "train", config.seq_len)
     _check_vocab(train_data, model_config.vocab_size)
     B, world = config.per_device_train_batch_size, accelerator.num_processes
@@ -367,7 +371,8 @@ def train(config: TrainingConfig) -> dict:
             state.skipped_steps += 1
             accelerator.print(f"step {state.step + 1}: non-finite loss ({loss:.4g}) or gradient norm; skipped "
                               f"({state.skipped_steps} of {config.skip_nonfinite_steps} allowed)")
-            metrics.write({"step": state.step + 1, "loss": loss, "skipped": True, "tokens": state.tokens_seen})
+            metrics.write({"step": state.step + 1, "loss": loss if math.isfinite(loss) else None, "skipped": True,
+                           "tokens": state.tokens_seen})
             return
         found = ckpt.list_checkpoints(output_dir)
         raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, found[-1][1] if found else None,
@@ -384,7 +389,6 @@ def train(config: TrainingConfig) -> dict:
         record = {"step": 0, "tokens": 0, **evaluate(val=True, hellaswag_now=False)}
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=0)
-    saved_at, path = (state.step, resume_from) if resume_from is not None else (None, None)
     model.train()
     with StopSignals(accelerator.process_index) as signals:
         while state.step < config.max_steps:
@@ -422,13 +426,16 @@ def train(config: TrainingConfig) -> dict:
             if finite and (state.step % config.logging_steps == 0 or do_eval or do_hellaswag):
                 record = log(started, loss_sum, lr, grad_norm, do_eval, do_hellaswag)
             bar.update(1)
-            if state.step % config.save_steps == 0 or last or (stop and saved_at != state.step):
-                saved_at, path = state.step, save()
+            if state.step % config.save_steps == 0 or last or stop:
+                path = save()
             if stop:
                 bar.close()
                 name = signals.requested or "a stop signal on another process"
                 raise TrainingStopped(f"stopped by {name} at step {state.step}: saved {path}. Continue with "
                                       "--resume_from_checkpoint latest.", exit_code=128 + (signals.signum or 15))
     bar.close()
-    accelerator.end_training()
+    # A last barrier (its tensors are gloo's own): ending right after a collective on one of our tensors can
+    # deadlock the process group's teardown, whose worker thread still needs the GIL to release that tensor.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # also destroys the process group
     return record
