@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT
 
+# At least these; the test runs every console script the wheel declares.
 ENTRY_POINTS = ("gpt2-prepare-data", "gpt2-train", "gpt2-eval-hellaswag", "gpt2-val-loss", "gpt2-configs")
 
 
@@ -39,6 +40,12 @@ def installed(tmp_path_factory) -> Path:
                     "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True)
     (wheel,) = (tmp / "dist").glob("gpt2_hf-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    declared = zipfile.ZipFile(wheel).read(entry_points).decode()
+    scripts = [line.split("=")[0].strip() for line in declared.split("[console_scripts]")[1].split("[")[0].splitlines()
+               if "=" in line]
+    assert set(ENTRY_POINTS) <= set(scripts), scripts
+    (tmp / "scripts.txt").write_text("\n".join(scripts))
     for preset in ("modeling/configs/train/cpu-demo.yaml", "modeling/configs/model/gpt2-124m.json",
                    "modeling/configs/accelerate/cpu-ddp.yaml", "modeling/lm_eval_tasks/hellaswag_local/hellaswag_local.yaml"):
         assert preset in names, preset
@@ -56,15 +63,16 @@ def test_wheel_console_scripts_work_from_any_directory(installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     bin_dir = installed / "bin"
     # All at once: each start-up imports transformers (seconds); in parallel the test costs about one of them.
+    scripts = (installed.parent / "scripts.txt").read_text().split()
     runs = {name: subprocess.Popen([str(bin_dir / name), "--help"], cwd=tmp_path, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ENTRY_POINTS}
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in scripts}
     # Preset lookups: the recipe and the model preset by name (the run then stops at the missing shards).
     runs["lookup"] = subprocess.Popen([str(bin_dir / "gpt2-train"), "cpu-demo", "--data_dir", "nowhere", "--output_dir",
                                        "out"], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     runs["path"] = subprocess.Popen([str(bin_dir / "gpt2-configs"), "accelerate/cpu-ddp"], cwd=tmp_path, env=env,
                                     text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     results = {name: (p.wait(timeout=300), *p.communicate()) for name, p in runs.items()}
-    for name in ENTRY_POINTS:
+    for name in scripts:
         code, out, err = results[name]
         assert code == 0 and out.startswith(f"usage: {name}"), (name, err)
     code, out, err = results["lookup"]
