@@ -11,6 +11,7 @@ import sys
 from transformers import HfArgumentParser
 
 from modeling.prepare import OutputDirError, PrepareArguments, prepare_shards
+from modeling.progress import quiet_library_bars
 from modeling.shards import ShardFormatError
 from modeling.sources import SourceError
 from modeling.tokenizer import TokenizerNotFoundError
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
+        quiet_library_bars()  # in a log: no "Resolving data files" bars from datasets (ours prints status lines)
         if args.verify:
             print(verify_shards(args.verify, progress=True).summary(args.verify))
             return

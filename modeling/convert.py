@@ -37,11 +37,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from modeling import shards as shardio
 from modeling.tokenizer import EOT_ID, GPT2_RANKS_SHA256
+
+if TYPE_CHECKING:  # annotations only; torch and transformers are imported where they are used
+    import torch
+    from transformers import GPT2Config
 
 # torch is imported inside the model functions only: copying shards needs numpy alone (importing torch is ~250 MB).
 GPT2_VOCAB = 50257
@@ -462,15 +467,15 @@ def convert_npy_shards(source: str | os.PathLike, out: str | os.PathLike, *, chu
     written ``chunk_tokens`` at a time, so memory stays flat whatever the shard size. Every id is checked against
     GPT-2's vocabulary. Built in ``<out>.tmp`` and renamed when complete. Returns the manifest.
     """
-    from tqdm.auto import tqdm
+    from modeling.progress import bar as progress_bar
 
     out = Path(out)
     splits = find_npy_shards(source)
     layouts = {p: _npy_layout(p) for paths in splits.values() for p in paths}  # check every file before writing
     tmp = _prepare_output(out, overwrite)
     shards, started = [], time.perf_counter()
-    bar = tqdm(total=sum(count for _, count, _ in layouts.values()), unit="tok", unit_scale=True, disable=not progress,
-               desc=f"copying -> {out}")
+    bar = progress_bar(total=sum(count for _, count, _ in layouts.values()), unit="tok", unit_scale=True,
+                       enabled=progress, desc=f"copying -> {out}")  # a bar on a terminal, status lines in a log
     try:
         for split, paths in splits.items():
             for index, path in enumerate(paths):

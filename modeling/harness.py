@@ -8,10 +8,13 @@ can never make the harness score other examples than our scorer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from modeling.progress import bar
 
 TASK_NAME = "hellaswag_local"
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # what `lm_eval --include_path` takes
@@ -40,13 +43,38 @@ def task_metadata(data: str | None) -> dict[str, str]:
     return {DATA_METADATA_KEY: str(path)}
 
 
+@contextlib.contextmanager
+def _lm_eval_progress(progress: bool | str):
+    """lm-eval's bars ("Running loglikelihood requests", building requests) as ours: a bar on a terminal, a periodic
+    status line in a log, none when off. lm-eval has no switch for them, so its modules' ``tqdm`` name is swapped
+    for the duration of the run."""
+    from lm_eval.api import model as api_model
+    from lm_eval.api import task as api_task
+    from lm_eval.models import huggingface
+
+    def lm_eval_bar(*args, disable: bool = False, **kwargs):
+        return bar(*args, enabled=bool(progress) and not disable, force_bar=progress == "bar", **kwargs)
+
+    modules = [m for m in (api_model, api_task, huggingface) if hasattr(m, "tqdm")]
+    saved = [m.tqdm for m in modules]
+    for m in modules:
+        m.tqdm = lm_eval_bar
+    try:
+        yield
+    finally:
+        for m, original in zip(modules, saved):
+            m.tqdm = original
+
+
 def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list[int] | None = None,
-                batch_size: int = 16, device: str = "cpu", dtype: str = "float32") -> HarnessResult | None:
+                batch_size: int = 16, device: str = "cpu", dtype: str = "float32",
+                progress: bool | str = True) -> HarnessResult | None:
     """Run lm-eval's ``simple_evaluate`` on our ``hellaswag_local`` task and collect per-example log-likelihoods.
 
     ``model`` is a checkpoint folder (lm-eval loads it with ``dtype``, as its CLI would) or an in-memory model
     (then pass its ``tokenizer``). ``indices`` selects rows of the data (default: all). Under several processes
-    lm-eval shares the work itself; the result is returned on the main process and None elsewhere.
+    lm-eval shares the work itself; the result is returned on the main process and None elsewhere. ``progress``:
+    True for lm-eval's bars on a terminal and periodic status lines elsewhere, "bar" for bars anyway, False for none.
     """
     import lm_eval
     from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -62,10 +90,11 @@ def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list
             from lm_eval.models.huggingface import HFLM
 
             lm, model_args = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), None
-        out = lm_eval.simple_evaluate(
-            model=lm, model_args=model_args, tasks=[TASK_NAME], task_manager=task_manager, batch_size=batch_size,
-            device=device, samples={TASK_NAME: list(indices)} if indices is not None else None,
-            log_samples=True, bootstrap_iters=0)
+        with _lm_eval_progress(progress):
+            out = lm_eval.simple_evaluate(
+                model=lm, model_args=model_args, tasks=[TASK_NAME], task_manager=task_manager, batch_size=batch_size,
+                device=device, samples={TASK_NAME: list(indices)} if indices is not None else None,
+                log_samples=True, bootstrap_iters=0)
     finally:
         if not accelerate_was_set_up and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             # lm-eval's HFLM makes an Accelerator, whose settings are process-wide: undo it, or a later

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from modeling import shards as shardio
+from modeling.progress import bar as progress_bar
 from modeling.sources import Source, SourceError
 from modeling.tokenizer import EOT_ID, GPT2_RANKS_SHA256, get_encoding
 
@@ -270,8 +269,8 @@ def prepare_shards(args: PrepareArguments, command: str = "",
     if args.max_docs is not None:
         documents = islice(documents, max(0, args.max_docs - resume["doc"]))
     budget = None if args.max_tokens is None else args.max_tokens - writer.tokens_done
-    bar = tqdm(total=args.max_tokens, initial=writer.tokens_done, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"tokenizing -> {out}", dynamic_ncols=True)
+    bar = progress_bar(total=args.max_tokens, initial=writer.tokens_done, unit="tok", unit_scale=True, enabled=progress,
+                       desc=f"tokenizing -> {out}", dynamic_ncols=True)  # a bar on a terminal, status lines in a log
     started, docs_read = time.perf_counter(), 0
     first_doc, skip_tokens = resume["doc"], resume["offset"]  # the first document resumes mid-way
     chunk = max(1, args.docs_per_batch // (4 * args.num_proc))  # several chunks per thread balance the load

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from modeling import shards as shardio
+from modeling.progress import bar as progress_bar
 
 BLOCK_BYTES = 8 << 20  # a multiple of every token size
 
@@ -150,8 +151,8 @@ def verify_shards(data_dir: str | os.PathLike, vocab_size: int | None = None, ma
     paths = [data_dir / s["file"] for s in listed]
     total = sum(p.stat().st_size for p in paths)
     started = time.perf_counter()
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"verifying {data_dir}", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, unit="B", unit_scale=True, desc=f"verifying {data_dir}", enabled=progress,
+                       dynamic_ncols=True)  # a bar on a terminal, status lines in a log
     try:
         with ThreadPoolExecutor(max(1, num_threads)) as pool:
             results = list(pool.map(lambda p: _scan(p, vocab_size, bar if progress else None), paths))

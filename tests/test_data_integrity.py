@@ -158,7 +158,7 @@ def test_verify_data_refuses_a_corrupted_byte_and_names_the_file(tmp_path, data,
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # one bit in the middle: a valid token id, the size and header unchanged
     path.write_bytes(raw)
-    with pytest.raises(DataIntegrityError, match=rf"train_000003\.bin: sha256 [0-9a-f]{{16}}\.\.\. does not match"):
+    with pytest.raises(DataIntegrityError, match=r"train_000003\.bin: sha256 [0-9a-f]{16}\.\.\. does not match"):
         run(tmp_path / "corrupt", data, verify_data=True)
     # prepare_data.py --verify on its own, as a user runs it: exit 1, the file named, no traceback.
     result = subprocess.run([sys.executable, "prepare_data.py", "--verify", str(data)], cwd=ROOT, capture_output=True,

@@ -485,13 +485,43 @@ def test_lm_eval_cli_runs_our_task_from_another_directory(checkpoint, ours, tmp_
 
 @needs_fineweb
 @needs_hellaswag
-def test_cli_both_backends_writes_the_json_contract(checkpoint, tmp_path):
+def test_cli_both_backends_writes_the_json_contract_and_shows_progress_fit_for_where_it_goes(checkpoint, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
     out, per_example = tmp_path / "hs.json", tmp_path / "hs.jsonl"
     cmd = [sys.executable, str(ROOT / "eval_hellaswag.py"), "--model", str(checkpoint), "--data", str(HELLASWAG_FILE),
-           "--limit", "12", "--offset", "3", "--backend", "both", "--batch_size", "8",
-           "--output", str(out), "--per_example", str(per_example)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+           "--limit", "12", "--offset", "3", "--backend", "both", "--batch_size", "8"]
+    # On a terminal (a pty): tqdm bars, examples/s. Started first, it runs beside the piped run below.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPT2_PROGRESS_INTERVAL": "0"}
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    on_terminal = subprocess.Popen(cmd[:-4] + ["--backend", "ours", "--batch_size", "4"], stdin=follower,
+                                   stdout=follower, stderr=follower, env=env, close_fds=True)
+    os.close(follower)
+    proc = subprocess.run(cmd + ["--output", str(out), "--per_example", str(per_example)], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # In a log (a pipe): no carriage-return frames from us, lm-eval, datasets or transformers, but status lines
+    # (every update here: GPT2_PROGRESS_INTERVAL=0), ours in examples with a rate.
+    assert "\r" not in proc.stderr + proc.stdout
+    assert "HellaSwag: 12/12 examples (100%) | " in proc.stderr and " examples/s | elapsed " in proc.stderr
+    assert "Running loglikelihood requests: 48/48" in proc.stderr
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(leader)
+    assert on_terminal.wait(timeout=300) == 0, terminal[-3000:]
+    text = terminal.decode(errors="replace")
+    assert "\rHellaSwag: 100%|" in text and "12/12 [" in text and "examples/s]" in text, text[-2000:]
     assert "AGREE" in proc.stdout and "DISAGREE" not in proc.stdout, proc.stdout
     report = json.loads(out.read_text())
     assert set(report) == {"nanogpt", "lm-eval", "harness"}
