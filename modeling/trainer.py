@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from modeling import checkpoint as ckpt
+from modeling.backends import accelerator_kwargs, configure_backend, global_norm
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
-from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params, padded_vocab_size
+from modeling.lm_loss import CausalLMForTraining
+from modeling.model import build_model, flops_per_token, load_model_config, num_params, padded_vocab_size
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
 
@@ -183,14 +185,19 @@ def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainS
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
-    """Mean val loss over the fixed val batches, summed across processes."""
+def evaluate_loss(model: CausalLMForTraining, loader: DataLoader, accelerator: Accelerator) -> float:
+    """Mean val loss over the fixed val batches, summed across processes.
+
+    ``model`` is the uncompiled training module: a short last batch or eval mode never recompiles the training
+    graph, and there is nothing to synchronise in a forward pass.
+    """
     model.eval()
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    for tokens in loader:
-        tokens = tokens.to(accelerator.device)
-        total += torch.stack([causal_lm_loss(model, tokens).double() * tokens[:, 1:].numel(),
-                              torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
+    with accelerator.autocast():
+        for tokens in loader:
+            tokens = tokens.to(accelerator.device, non_blocking=True)
+            total += torch.stack([model(tokens).double() * tokens[:, 1:].numel(),
+                                  torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
     total = accelerator.reduce(total, "sum")
     model.train()
     return (total[0] / total[1]).item()
@@ -226,6 +233,7 @@ def train(config: TrainingConfig) -> dict:
         dynamo_backend="inductor" if config.compile else None,
         log_with=config.trackers or None,
         project_dir=config.output_dir,
+        **accelerator_kwargs(),  # DDP buckets, non-blocking batch copies
     )
     if accelerator.num_processes != launched:
         raise ConfigError(f"{launched} processes were launched but they did not form one group "
@@ -254,8 +262,13 @@ def train(config: TrainingConfig) -> dict:
                             if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")}}
     resume_from = _check_output_dir(config, accelerator, run_config)
 
+    # `model` stays the plain GPT2LMHeadModel (sampling, HellaSwag, export); `train_model` shares its modules and
+    # returns the loss. Only train_model is prepared: we never unwrap it, since unwrap_model on a compiled DDP model
+    # re-points the compiled wrapper at the bare module and accelerate then no longer finds DDP's no_sync.
     model = build_model(model_config, config.pad_vocab_to_multiple_of)
-    optimizer = build_optimizer(model, config, device)
+    train_model = CausalLMForTraining(model, config.loss_chunk_tokens if config.chunked_loss else None)
+    configure_backend(accelerator, config.max_grad_norm, config.bf16)
+    optimizer = build_optimizer(train_model, config, device)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps, min_lr=config.min_lr)
     sampler = ShardBlockSampler(train_data.windows_per_shard, seed=config.seed, shuffle=config.shuffle)
@@ -269,7 +282,7 @@ def train(config: TrainingConfig) -> dict:
     val_slice = Subset(val_data, range(accelerator.process_index, n_val, world))
     val_loader = DataLoader(val_slice, batch_size=B, num_workers=config.dataloader_num_workers,
                             pin_memory=device.type == "cuda")
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    prepared, optimizer, train_loader, scheduler = accelerator.prepare(train_model, optimizer, train_loader, scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if resume_from is not None:
@@ -282,7 +295,7 @@ def train(config: TrainingConfig) -> dict:
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
     accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
     tokens_per_step = B * config.seq_len * accum * world
-    n_params = num_params(accelerator.unwrap_model(model))
+    n_params = num_params(model)
     flops_per_step = flops_per_token(model_config, n_params, config.seq_len) * tokens_per_step
     peak = _peak_flops(config, device)
     # Sampling and in-loop HellaSwag run the unwrapped model: that needs a whole copy on every process (DDP).
@@ -294,14 +307,16 @@ def train(config: TrainingConfig) -> dict:
                       f"{accum} accumulation = {tokens_per_step:,} tokens/step | {len(train_data):,} train windows")
 
     def save() -> None:
-        ckpt.save_checkpoint(accelerator, model, output_dir, state.step, model_config, tokenizer, run_config,
+        ckpt.save_checkpoint(accelerator, prepared, output_dir, state.step, model_config, tokenizer, run_config,
                              config.save_total_limit)
+
+    result_paths: list[str] = []
 
     def evaluate(val: bool, hellaswag_now: bool) -> dict:
         result = {}
-        plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # varying shapes: no recompiles
+        plain = model  # uncompiled, no DDP: varying shapes cause no recompiles
         if val:
-            result["val_loss"] = evaluate_loss(model, val_loader, accelerator)
+            result["val_loss"] = evaluate_loss(train_model, val_loader, accelerator)
             if whole_model and accelerator.is_main_process and config.num_samples:
                 for text in sample_texts(plain, tokenizer, config.sample_prompt, config.num_samples,
                                          config.sample_max_new_tokens, config.seed + state.step):
@@ -309,7 +324,11 @@ def train(config: TrainingConfig) -> dict:
         if hellaswag_now:
             from modeling.hellaswag import score_hellaswag
 
-            scores = score_hellaswag(plain, tokenizer, hellaswag, accelerator=accelerator).metrics
+            scored = score_hellaswag(plain, tokenizer, hellaswag, accelerator=accelerator)
+            if not result_paths:  # once per run: which path the scorer's self-check allowed
+                result_paths.append(scored.path)
+                accelerator.print(f"hellaswag: scoring path: {scored.path}")
+            scores = scored.metrics
             result["hellaswag"] = scores["nanogpt"]["acc_norm"]  # the reference run's number (completion style)
             result["hellaswag_lm_eval"] = scores["lm-eval"]["acc_norm"]
         return result
@@ -318,20 +337,20 @@ def train(config: TrainingConfig) -> dict:
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="training")
     record: dict = {}
-    model.train()
+    prepared.train()
     while state.step < config.max_steps:
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         for _ in range(accum):
             tokens = next(batches)  # (B, T+1)
-            with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
-                loss = causal_lm_loss(model, tokens)
+            with accelerator.accumulate(prepared):  # no gradient all-reduce until the last micro-batch
+                loss = prepared(tokens)  # the loss is computed inside the (compiled) module: no logits leave it
                 # backward() divides by `accum`: gradients add up over the micro-batches, so the sum becomes the
                 # mean over the whole batch, the same gradient one big batch would give.
                 accelerator.backward(loss)
             loss_sum += loss.detach()
         # Under DeepSpeed the engine clips inside its step and this returns its last known norm (None at first).
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -346,7 +365,7 @@ def train(config: TrainingConfig) -> dict:
             loss_avg = accelerator.reduce(loss_sum / accum, "mean").item()  # waits for the step to finish
             seconds = time.perf_counter() - started
             record = {"step": state.step, "loss": loss_avg, "lr": lr,
-                      "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": state.tokens_seen,
+                      "grad_norm": global_norm(grad_norm), "tokens": state.tokens_seen,
                       "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
             if peak:
                 record["mfu"] = flops_per_step / seconds / (peak * world)
