@@ -68,13 +68,13 @@ def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(t
         for rank, probe in enumerate(ranks):
             steps = rounds_per_step(probe["events"])
             assert len(steps) == n_steps, (name, rank)
-            n_buckets = len(steps[0])
             for i, allreduces in enumerate(steps):
+                # one round: every bucket once, the last one flagged last (DDP re-buckets after its first step,
+                # in gradient-ready order, so the count may change once)
                 where = f"{name}, rank {rank}, optimizer step {i + 1}"
-                assert [e[1] for e in allreduces] == list(range(n_buckets)) or \
-                    sorted(e[1] for e in allreduces) == list(range(n_buckets)), (where, allreduces)
-                assert [e[2] for e in allreduces] == [False] * (n_buckets - 1) + [True], (where, allreduces)
-            assert n_buckets > 1, (name, rank, steps[0])  # the probe's 1 MB buckets: a real round, not one message
+                assert sorted(e[1] for e in allreduces) == list(range(len(allreduces))), (where, allreduces)
+                assert [e[2] for e in allreduces] == [False] * (len(allreduces) - 1) + [True], (where, allreduces)
+            assert max(len(a) for a in steps) > 1, (name, rank, steps)  # the probe's 1 MB buckets: a real round
             # compiled in the first step (one graph per DDP bucket); evals, samples, HellaSwag and checkpoints in
             # between compiled nothing more and recompiled nothing
             compiles = probe["compiles"]
