@@ -51,10 +51,9 @@ def set_deepspeed_gradient_clipping(ds_config: dict, max_grad_norm: float) -> No
     ds_config["gradient_clipping"] = float(max_grad_norm)
 
 
-def global_norm(grad_norm) -> float | None:
-    """The gradient norm of the whole model as a float (a DTensor under FSDP2 is made whole first, not one shard's)."""
-    if grad_norm is None:
-        return None
-    if hasattr(grad_norm, "full_tensor"):  # torch.distributed.tensor.DTensor
+def global_norm(grad_norm):
+    """The gradient norm of the whole model (under FSDP2 accelerate returns a DTensor: made whole here, so that what
+    is checked and logged is never one shard's norm). Stays on the device: no host sync."""
+    if grad_norm is not None and hasattr(grad_norm, "full_tensor"):  # torch.distributed.tensor.DTensor
         grad_norm = grad_norm.full_tensor()
-    return float(grad_norm)
+    return grad_norm

@@ -4,54 +4,102 @@
       config.json  generation_config.json  model.safetensors     GPT-2 with the tokenizer's 50257-token vocabulary,
       tokenizer.json  tokenizer_config.json                       loadable offline by from_pretrained / pipeline / lm_eval
       training_state/                                             accelerator.save_state(): weights as trained (padded
-        model.safetensors optimizer.bin scheduler.bin             vocabulary), optimizer, LR schedule, RNG states, our
-        random_states_*.pkl custom_checkpoint_0.pkl               step/data position; and run_config.json
-        run_config.json
+        model.safetensors optimizer.bin scheduler.bin             vocabulary), optimizer, LR schedule, RNG states;
+        random_states_*.pkl train_state.json run_config.json      our step/data position; the run's configuration
+        complete.json                                             written last: the marker (every file and its size)
 
-A checkpoint is assembled in ``checkpoint-{step}.tmp/`` and renamed when complete, so a crash never leaves a
-folder that looks finished. ``latest`` means the highest complete step.
+A checkpoint is complete when ``training_state/complete.json`` exists and every file it lists has the size it
+records. It is assembled in ``checkpoint-{step}.tmp/``; once every process has written its part, the main process
+fsyncs the files, writes the marker, and renames the folder into place. A folder is removed by renaming it away
+first (``*.trash``), so a crash never leaves a half-deleted checkpoint under a checkpoint's name. ``latest`` is
+the newest complete checkpoint; incomplete ones are skipped and named.
+
+Also here: the output-directory policy (resume, or refuse to mix runs, or start over), decided once on the main
+process and broadcast, so every process resumes from the same checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
+import uuid
 from pathlib import Path
+
+import torch
 
 from modeling.config import ConfigError
 from modeling.model import export_model
 
 STATE_DIR = "training_state"
 RUN_CONFIG = "run_config.json"
+TRAIN_STATE = "train_state.json"
+MARKER = "complete.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_LEFTOVER = re.compile(r"^checkpoint-\d+\.(tmp|trash)(-[0-9a-f]+)?$")
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the previous complete checkpoint is untouched."""
+
+
+def incomplete_reason(path: Path) -> str | None:
+    """None if ``path`` is a complete checkpoint, else what is missing (one line)."""
+    marker = path / STATE_DIR / MARKER
+    if not marker.is_file():
+        return f"no {STATE_DIR}/{MARKER} (the marker written last)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as e:
+        return f"unreadable {STATE_DIR}/{MARKER} ({e})"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} bytes, the marker says {size:,}"
+    return None
+
+
+def _named(output_dir: Path) -> list[tuple[int, Path]]:
+    if not output_dir.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _NAME.match(p.name)))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints in ``output_dir``, oldest first."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
-    return sorted(found)
+    return [(step, path) for step, path in _named(Path(output_dir)) if incomplete_reason(path) is None]
 
 
-def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None) -> Path | None:
-    """``latest`` -> the newest complete checkpoint in output_dir (None if there is none yet); a path -> that path."""
+def incomplete_checkpoints(output_dir: str | Path) -> list[tuple[Path, str]]:
+    """Folders named ``checkpoint-N`` that are not complete checkpoints, with the reason."""
+    return [(path, reason) for _, path in _named(Path(output_dir)) if (reason := incomplete_reason(path))]
+
+
+def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, log=print) -> Path | None:
+    """``latest`` -> the newest complete checkpoint in output_dir (None if there is none yet), saying which
+    incomplete ones it skipped; a path -> that path, which must be a complete checkpoint."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
+        for path, reason in incomplete_checkpoints(output_dir):
+            log(f"skipping {path}: not a complete checkpoint ({reason})")
         found = list_checkpoints(output_dir)
         return found[-1][1] if found else None
     path = Path(resume_from_checkpoint)
-    if not (path / STATE_DIR / RUN_CONFIG).is_file():
-        raise ConfigError(f"{path} is not a complete checkpoint of this project (no {STATE_DIR}/{RUN_CONFIG}). "
-                                "Pass a checkpoint-N folder or 'latest'.")
+    if not path.is_dir():
+        raise ConfigError(f"--resume_from_checkpoint {path}: no such folder. Pass a checkpoint-N folder or 'latest'.")
+    if reason := incomplete_reason(path):
+        raise ConfigError(f"--resume_from_checkpoint {path}: not a complete checkpoint ({reason}). Pass another "
+                          "checkpoint-N folder, or 'latest' for the newest complete one.")
     return path
 
 
 def resolve_model_dir(path: str | Path) -> str:
-    """A Transformers folder as given, or for a run's output_dir its newest checkpoint."""
+    """A Transformers folder as given, or for a run's output_dir its newest complete checkpoint."""
     path = Path(path)
     if path.is_dir() and not (path / "config.json").exists() and (found := list_checkpoints(path)):
         return str(found[-1][1])
@@ -67,35 +115,192 @@ def _plain_key(name: str) -> str:
     return name.removeprefix("_orig_mod.").removeprefix("module.")
 
 
+def read_train_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / STATE_DIR / TRAIN_STATE).read_text())
+
+
+def remove(path: Path) -> None:
+    """Delete a folder by renaming it away first: an interrupted delete leaves ``*.trash``, never a checkpoint's
+    name on a half-deleted folder."""
+    if not path.exists():
+        return
+    trash = path.with_name(f"{path.name.split('.')[0]}.trash-{uuid.uuid4().hex[:8]}")
+    path.rename(trash)
+    shutil.rmtree(trash)
+
+
+def clean_leftovers(output_dir: Path, log=print) -> None:
+    """Remove what interrupted saves and deletes leave: ``checkpoint-N.tmp`` and ``*.trash`` folders. A ``.tmp``
+    that is complete (a crash between the marker and the rename) is moved into place instead, if that name is free."""
+    if not output_dir.is_dir():
+        return
+    for path in sorted(output_dir.iterdir()):
+        if not (path.is_dir() and _LEFTOVER.match(path.name)):
+            continue
+        final = path.with_name(path.name.split(".")[0])
+        if path.suffix == ".tmp" and incomplete_reason(path) is None and not final.exists():
+            path.rename(final)
+            log(f"recovered {final} (complete, but its save was interrupted before the rename)")
+        else:
+            shutil.rmtree(path)
+            log(f"removed {path} (left by an interrupted save or delete)")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mark_complete(folder: Path, step: int) -> None:
+    """fsync every file of ``folder``, then write the marker listing them (and fsync it and the folders)."""
+    files = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _fsync(file)
+        files[str(file.relative_to(folder))] = file.stat().st_size
+    marker = folder / STATE_DIR / MARKER
+    with open(marker, "w") as f:
+        json.dump({"step": step, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    for directory in {folder, folder / STATE_DIR}:
+        _fsync(directory)
+
+
+def all_ok(accelerator, ok: bool) -> bool:
+    """True when ``ok`` holds on every process (a collective: every process must call it)."""
+    if accelerator.num_processes == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=accelerator.device)
+    return accelerator.reduce(flag, "sum").item() == 0
+
+
+def checkpoint_size(model) -> int:
+    """Bytes a checkpoint takes, about: the trained weights twice (training state + export) and AdamW's two moments."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 4 * weights
+
+
 def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_config, tokenizer, run_config: dict,
-                    save_total_limit: int | None = None) -> Path:
+                    train_state: dict, save_total_limit: int | None = None) -> Path:
     """Save on every process (each writes its share of the state); the main process writes the Transformers
-    folder and renames the finished checkpoint into place."""
+    folder, marks the checkpoint complete once every process is done, and renames it into place.
+
+    On any failure (a full disk, most often) no process hangs and nothing incomplete is left under a
+    checkpoint's name; every process raises CheckpointSaveError."""
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f"checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / STATE_DIR))
-    # Full weights on the main process, gathered under FSDP/ZeRO-3. unwrap=False: accelerate's unwrap of a compiled
-    # DDP model re-points the compiled wrapper at the bare module, after which accelerate's no_sync no longer finds
-    # DDP's and every micro-batch would all-reduce. The wrappers' key prefixes are dropped here instead.
-    state_dict = accelerator.get_state_dict(model, unwrap=False)
-    state_dict = {_plain_key(k): v for k, v in state_dict.items()}
-    if accelerator.is_main_process:
-        export_model(state_dict, model_config, vocab_size=len(tokenizer)).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / STATE_DIR / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
-        if final.exists():  # the same step saved by an earlier, abandoned attempt
-            shutil.rmtree(final)
-        tmp.rename(final)
-        rotate_checkpoints(output_dir, save_total_limit)
-    accelerator.wait_for_everyone()
+    error = None
+    try:
+        accelerator.save_state(str(tmp / STATE_DIR))
+        # Full weights on the main process, gathered under FSDP/ZeRO-3. unwrap=False: accelerate's unwrap of a
+        # compiled DDP model re-points the compiled wrapper at the bare module, after which accelerate's no_sync no
+        # longer finds DDP's and every micro-batch would all-reduce. The wrappers' key prefixes are dropped here.
+        state_dict = accelerator.get_state_dict(model, unwrap=False)
+        if accelerator.is_main_process:
+            state_dict = {_plain_key(k): v for k, v in state_dict.items()}
+            export_model(state_dict, model_config, vocab_size=len(tokenizer)).save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / STATE_DIR / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
+            (tmp / STATE_DIR / TRAIN_STATE).write_text(json.dumps(train_state, indent=2) + "\n")
+    except OSError as e:
+        error = e
+    # Every process has finished writing its part (or failed) before the checkpoint is marked complete.
+    if all_ok(accelerator, error is None) and accelerator.is_main_process:
+        try:
+            _mark_complete(tmp, step)
+            remove(final)  # the same step saved by an earlier, abandoned attempt
+            tmp.rename(final)
+            _fsync(output_dir)
+            rotate_checkpoints(output_dir, save_total_limit, keep_also=final)
+        except OSError as e:
+            error = e
+    if not all_ok(accelerator, error is None):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointSaveError(_save_error_message(error, final, output_dir, model))
     return final
 
 
-def rotate_checkpoints(output_dir: Path, keep: int | None) -> None:
+def _save_error_message(error: OSError | None, final: Path, output_dir: Path, model) -> str:
+    previous = list_checkpoints(output_dir)
+    kept = f"The newest complete checkpoint is {previous[-1][1]}." if previous else "There is no complete checkpoint yet."
+    if error is None:
+        return f"Saving {final} failed on another process (see its error). Nothing was left half-written. {kept}"
+    what = f"Saving {final} failed: {error.strerror or error}."
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(output_dir).free
+        what += (f" A checkpoint of this model needs about {checkpoint_size(model) / 2**20:,.0f} MB; "
+                 f"{free / 2**20:,.0f} MB are free on {output_dir}'s filesystem. Free space, or lower "
+                 "save_total_limit, then resume with --resume_from_checkpoint latest.")
+    return f"{what} Nothing was left half-written. {kept}"
+
+
+def rotate_checkpoints(output_dir: Path, keep: int | None, keep_also: Path | None = None) -> None:
+    """Keep the newest ``keep`` complete checkpoints, and always ``keep_also`` (the one just saved, which after a
+    resume from an older checkpoint need not be the newest by step)."""
     if keep is None or keep < 1:
         return
-    for _, path in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(path)
+    candidates = [path for _, path in list_checkpoints(output_dir) if path != keep_also]
+    for path in candidates[:max(0, len(candidates) - (keep - (keep_also is not None)))]:
+        remove(path)
+
+
+# ---- the output-directory policy ----
+
+def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | None,
+                  overwrite_output_dir: bool) -> Path | None:
+    """The checkpoint to resume from, if any, decided on the main process and broadcast. Cleans up leftovers of
+    interrupted saves; refuses to mix a new run into a directory holding another; checks that every process
+    sees the same output_dir (checkpoints need a shared filesystem)."""
+    from accelerate.utils import broadcast_object_list
+
+    decision: list = [None, None]  # resume path, error message
+    if accelerator.is_main_process:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            clean_leftovers(output_dir, log=accelerator.print)
+            resume = find_checkpoint(output_dir, resume_from_checkpoint, log=accelerator.print)
+            existing = list_checkpoints(output_dir)
+            if resume is None and existing:
+                if not overwrite_output_dir:
+                    raise ConfigError(
+                        f"{output_dir} already holds {existing[-1][1].name}. Continue it with --resume_from_checkpoint "
+                        "latest, pick another --output_dir, or pass --overwrite_output_dir.")
+                for _, path in existing:
+                    remove(path)
+                (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            decision[0] = None if resume is None else str(resume)
+        except (ConfigError, OSError) as e:
+            decision[1] = str(e)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(decision)
+        _check_shared_filesystem(accelerator, output_dir)
+    if decision[1]:
+        raise ConfigError(decision[1])
+    return None if decision[0] is None else Path(decision[0])
+
+
+def _check_shared_filesystem(accelerator, output_dir: Path) -> None:
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    probe = [f".shared-fs-probe-{uuid.uuid4().hex[:8]}" if accelerator.is_main_process else None]
+    broadcast_object_list(probe)
+    path = output_dir / probe[0]
+    if accelerator.is_main_process:
+        path.touch()
+    accelerator.wait_for_everyone()
+    seen = gather_object([path.exists()])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path.unlink()
+    blind = [rank for rank, ok in enumerate(seen) if not ok]
+    if blind:
+        raise ConfigError(f"process(es) {blind} cannot see {output_dir} as the main process writes it: checkpoints "
+                          "need output_dir on a filesystem shared by every node (NFS, Lustre, ...). Point "
+                          "--output_dir at one.")

@@ -49,7 +49,9 @@ class TrainingConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this; 0 = no clipping (the norm is still logged)."})
+    skip_nonfinite_steps: int = field(default=0, metadata={
+        "help": "Skip up to N optimizer steps whose loss or gradient norm is not finite (logged); 0 = stop at the first."})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast (weights and optimizer state stay fp32)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
     chunked_loss: bool = field(default=True, metadata={
@@ -88,6 +90,9 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("skip_nonfinite_steps", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.total_batch_size is None and self.gradient_accumulation_steps is None:
             raise ConfigError("Set total_batch_size (tokens per optimizer step) or gradient_accumulation_steps.")
         if not 0 <= self.min_lr <= self.learning_rate:

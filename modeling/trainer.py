@@ -7,9 +7,7 @@ One optimizer step = ``gradient_accumulation_steps`` micro-batches of (B, T+1) t
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +24,9 @@ from modeling import checkpoint as ckpt
 from modeling.backends import accelerator_kwargs, configure_backend, global_norm
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
+from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_message
 from modeling.lm_loss import CausalLMForTraining
-from modeling.model import build_model, flops_per_token, load_model_config, num_params, padded_vocab_size
+from modeling.model import build_model, flops_per_token, load_model_config, num_params
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
 
@@ -38,7 +37,8 @@ GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12
 
 @dataclass
 class TrainState:
-    """Where the run is; saved with every checkpoint (accelerator.register_for_checkpointing)."""
+    """Where the run is; saved with every checkpoint as training_state/train_state.json (plain JSON: nothing to
+    unpickle on resume)."""
 
     step: int = 0  # optimizer steps done
     tokens_seen: int = 0
@@ -46,6 +46,7 @@ class TrainState:
     # Windows all processes together have drawn in the current epoch: a position that does not depend on the
     # micro-batch size or the number of processes, so a run can resume on another layout with the same token budget.
     windows_in_epoch: int = 0
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss/gradient (--skip_nonfinite_steps)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -77,8 +78,21 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_step: int):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():  # drop what was logged after the checkpoint we resume from
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            lines = path.read_text().split("\n")
+            records = []
+            for number, line in enumerate(lines, 1):
+                if not line:
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if number != len(lines):  # only the last line, with no newline yet, can be torn by a kill
+                        raise ConfigError(f"{path}, line {number}: not JSON ({line[:60]!r}). Fix or delete it.") from None
+                    print(f"{path}: dropped a torn last line (the run was killed while writing it)")
+            kept = [r for r in records if r["step"] <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -86,32 +100,17 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def _check_output_dir(config: TrainingConfig, accelerator: Accelerator, run_config: dict) -> Path | None:
-    """The checkpoint to resume from, if any; refuses to mix a new run into a directory holding another."""
-    output_dir = Path(config.output_dir)
-    existing = ckpt.list_checkpoints(output_dir)
-    resume = ckpt.find_checkpoint(output_dir, config.resume_from_checkpoint)
-    if resume is None and existing:
-        if not config.overwrite_output_dir:
-            raise ConfigError(f"{output_dir} already holds {existing[-1][1].name}. Continue it with "
-                             "--resume_from_checkpoint latest, pick another --output_dir, or pass --overwrite_output_dir.")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            for _, path in existing:
-                shutil.rmtree(path)
-            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
-        accelerator.wait_for_everyone()
-    if resume is not None:
-        saved = ckpt.read_run_config(resume)
-        run_config = json.loads(json.dumps(run_config))  # compare in the types JSON gives back
-        diffs = [f"{k}: {saved['config'].get(k)!r} -> {run_config['config'][k]!r}"
-                 for k in TrainingConfig.RUN_DEFINING if saved["config"].get(k) != run_config["config"][k]]
-        diffs += [f"model.{k}: {saved['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
-                  if saved["model"].get(k) != v]
-        if diffs:
-            raise ConfigError(f"{resume} was trained with a different configuration:\n  " + "\n  ".join(diffs) +
-                             "\nResume with the same configuration, or train into another --output_dir.")
-    return resume
+def _check_same_run(resume: Path, run_config: dict) -> None:
+    """Refuses to resume a checkpoint with settings that would make it another run."""
+    saved = ckpt.read_run_config(resume)
+    run_config = json.loads(json.dumps(run_config))  # compare in the types JSON gives back
+    diffs = [f"{k}: {saved['config'].get(k)!r} -> {run_config['config'][k]!r}"
+             for k in TrainingConfig.RUN_DEFINING if saved["config"].get(k) != run_config["config"][k]]
+    diffs += [f"model.{k}: {saved['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
+              if saved["model"].get(k) != v]
+    if diffs:
+        raise ConfigError(f"{resume} was trained with a different configuration:\n  " + "\n  ".join(diffs) +
+                         "\nResume with the same configuration, or train into another --output_dir.")
 
 
 def _check_vocab(train: TokenWindows, model_vocab: int) -> None:
@@ -260,7 +259,11 @@ def train(config: TrainingConfig) -> dict:
     run_config = {"config": config.to_dict(), "num_processes": world, "gradient_accumulation_steps": accum,
                   "model": {k: v for k, v in model_config.to_dict().items()
                             if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")}}
-    resume_from = _check_output_dir(config, accelerator, run_config)
+    output_dir = Path(config.output_dir)
+    # Decided once on the main process and broadcast: every process resumes from the same checkpoint.
+    resume_from = ckpt.decide_resume(accelerator, output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
+    if resume_from is not None:
+        _check_same_run(resume_from, run_config)
 
     # `model` stays the plain GPT2LMHeadModel (sampling, HellaSwag, export); `train_model` shares its modules and
     # returns the loss. Only train_model is prepared: we never unwrap it, since unwrap_model on a compiled DDP model
@@ -284,14 +287,16 @@ def train(config: TrainingConfig) -> dict:
                             pin_memory=device.type == "cuda")
     prepared, optimizer, train_loader, scheduler = accelerator.prepare(train_model, optimizer, train_loader, scheduler)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
     if resume_from is not None:
         accelerator.load_state(str(resume_from / ckpt.STATE_DIR))
+        state.load_state_dict(ckpt.read_train_state(resume_from))
+        # load_state also restores accelerate's micro-batch counter, from which accumulate() picks the micro-batch
+        # that syncs and steps. A checkpoint is always at an optimizer-step boundary, so the counter starts at 0
+        # here: with another accumulation (or on a process that had no counter saved) the old count would put the
+        # sync points off the ends of our steps, and the optimizer would silently never step again.
+        accelerator.step = 0
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
 
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
     accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
     tokens_per_step = B * config.seq_len * accum * world
@@ -306,9 +311,14 @@ def train(config: TrainingConfig) -> dict:
     accelerator.print(f"{n_params / 1e6:.1f}M parameters | {world} process(es) x {B} x {config.seq_len} tokens x "
                       f"{accum} accumulation = {tokens_per_step:,} tokens/step | {len(train_data):,} train windows")
 
-    def save() -> None:
-        ckpt.save_checkpoint(accelerator, prepared, output_dir, state.step, model_config, tokenizer, run_config,
-                             config.save_total_limit)
+    def save() -> Path:
+        local_ok = all(bool(torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in model.parameters())
+        if not ckpt.all_ok(accelerator, local_ok):  # an update blew the weights up: never save them
+            found = ckpt.list_checkpoints(output_dir)
+            raise TrainingStopped(nonfinite_message(state.step, float("nan"), None, found[-1][1] if found else None,
+                                                    state.skipped_steps, config.skip_nonfinite_steps))
+        return ckpt.save_checkpoint(accelerator, prepared, output_dir, state.step, model_config, tokenizer, run_config,
+                                    state.state_dict(), config.save_total_limit)
 
     result_paths: list[str] = []
 
@@ -333,52 +343,87 @@ def train(config: TrainingConfig) -> dict:
             result["hellaswag_lm_eval"] = scores["lm-eval"]["acc_norm"]
         return result
 
+    def log(started: float, loss_sum: torch.Tensor, lr: float, grad_norm, do_eval: bool, do_hellaswag: bool) -> dict:
+        loss_avg = accelerator.reduce(loss_sum / accum, "mean").item()  # waits for the step to finish
+        seconds = time.perf_counter() - started
+        record = {"step": state.step, "loss": loss_avg, "lr": lr,
+                  "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": state.tokens_seen,
+                  "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
+        if peak:
+            record["mfu"] = flops_per_step / seconds / (peak * world)
+        record.update(evaluate(do_eval, do_hellaswag))
+        metrics.write(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state.step)
+        bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:,.0f}",
+                        **({"mfu": f"{record['mfu']:.1%}"} if peak else {}),
+                        **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}),
+                        **({"hs": f"{record['hellaswag']:.3f}"} if "hellaswag" in record else {}), refresh=False)
+        return record
+
+    def skip_or_stop(loss_sum: torch.Tensor, grad_norm) -> None:
+        """A non-finite step: skip it if the budget allows (logged), else stop without saving."""
+        loss = accelerator.reduce(loss_sum / accum, "mean").item()
+        if state.skipped_steps < config.skip_nonfinite_steps:
+            state.skipped_steps += 1
+            accelerator.print(f"step {state.step + 1}: non-finite loss ({loss:.4g}) or gradient norm; skipped "
+                              f"({state.skipped_steps} of {config.skip_nonfinite_steps} allowed)")
+            metrics.write({"step": state.step + 1, "loss": loss, "skipped": True, "tokens": state.tokens_seen})
+            return
+        found = ckpt.list_checkpoints(output_dir)
+        raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, found[-1][1] if found else None,
+                                                state.skipped_steps, config.skip_nonfinite_steps))
+
+    # max_grad_norm 0 means no clipping; the norm is still computed (an infinite bound scales nothing) and logged.
+    clip = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
     batches = _endless_batches(train_loader, accelerator, state)
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="training")
     record: dict = {}
+    saved_at, path = (state.step, resume_from) if resume_from is not None else (None, None)
     prepared.train()
-    while state.step < config.max_steps:
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(accum):
-            tokens = next(batches)  # (B, T+1)
-            with accelerator.accumulate(prepared):  # no gradient all-reduce until the last micro-batch
-                loss = prepared(tokens)  # the loss is computed inside the (compiled) module: no logits leave it
-                # backward() divides by `accum`: gradients add up over the micro-batches, so the sum becomes the
-                # mean over the whole batch, the same gradient one big batch would give.
-                accelerator.backward(loss)
-            loss_sum += loss.detach()
-        # Under DeepSpeed the engine clips inside its step and this returns its last known norm (None at first).
-        grad_norm = accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.tokens_seen += tokens_per_step
+    with StopSignals(accelerator.process_index) as signals:
+        while state.step < config.max_steps:
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(accum):
+                tokens = next(batches)  # (B, T+1)
+                # accelerate's accumulate() owns accumulation: it counts micro-batches and lets DDP all-reduce the
+                # gradients only on the last one of each step (no_sync on the others).
+                with accelerator.accumulate(prepared):
+                    loss = prepared(tokens)  # the loss is computed inside the (compiled) module: no logits leave it
+                    # backward() divides by `accum`: gradients add up over the micro-batches, so the sum becomes the
+                    # mean over the whole batch, the same gradient one big batch would give.
+                    accelerator.backward(loss)
+                loss_sum += loss.detach()
+            if not accelerator.sync_gradients:  # the invariant a misaligned counter breaks: the step must update
+                raise RuntimeError(f"step {state.step + 1}: gradients were not synchronised after {accum} micro-batches")
+            # Under DeepSpeed the engine clips inside its step and this returns its last known norm (None at first).
+            grad_norm = global_norm(accelerator.clip_grad_norm_(prepared.parameters(), clip))
+            # One host sync per step, not per micro-batch: finite loss and norm, and a stop signal on any process.
+            finite, stop = check_step(accelerator, loss_sum, grad_norm, signals.requested is not None)
+            lr = optimizer.param_groups[0]["lr"]
+            if finite:
+                optimizer.step()
+            else:
+                skip_or_stop(loss_sum, grad_norm)  # raises unless this bad batch may be skipped
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += tokens_per_step
 
-        last = state.step == config.max_steps
-        do_eval = (config.eval_steps and state.step % config.eval_steps == 0) or last
-        do_hellaswag = hellaswag is not None and (state.step % config.hellaswag_steps == 0 or last)
-        if state.step % config.logging_steps == 0 or do_eval or do_hellaswag:
-            loss_avg = accelerator.reduce(loss_sum / accum, "mean").item()  # waits for the step to finish
-            seconds = time.perf_counter() - started
-            record = {"step": state.step, "loss": loss_avg, "lr": lr,
-                      "grad_norm": global_norm(grad_norm), "tokens": state.tokens_seen,
-                      "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
-            if peak:
-                record["mfu"] = flops_per_step / seconds / (peak * world)
-            record.update(evaluate(do_eval, do_hellaswag))
-            metrics.write(record)
-            accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state.step)
-            bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:,.0f}",
-                            **({"mfu": f"{record['mfu']:.1%}"} if peak else {}),
-                            **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}),
-                            **({"hs": f"{record['hellaswag']:.3f}"} if "hellaswag" in record else {}), refresh=False)
-        bar.update(1)
-        if state.step % config.save_steps == 0 or last:
-            save()
+            last = state.step == config.max_steps
+            do_eval = (config.eval_steps and state.step % config.eval_steps == 0) or last
+            do_hellaswag = hellaswag is not None and (state.step % config.hellaswag_steps == 0 or last)
+            if finite and (state.step % config.logging_steps == 0 or do_eval or do_hellaswag):
+                record = log(started, loss_sum, lr, grad_norm, do_eval, do_hellaswag)
+            bar.update(1)
+            if state.step % config.save_steps == 0 or last or (stop and saved_at != state.step):
+                saved_at, path = state.step, save()
+            if stop:
+                bar.close()
+                name = signals.requested or "a stop signal on another process"
+                raise TrainingStopped(f"stopped by {name} at step {state.step}: saved {path}. Continue with "
+                                      "--resume_from_checkpoint latest.", exit_code=128 + (signals.signum or 15))
     bar.close()
     accelerator.end_training()
     return record

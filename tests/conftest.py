@@ -37,3 +37,54 @@ def bpe_dir() -> Path:
     if not BPE_DIR.is_dir():
         pytest.skip(f"needs the GPT-2 BPE files at {BPE_DIR} (put ../shared beside the project, or set GPT2_SHARED_DATA)")
     return BPE_DIR
+
+
+# ---- training helpers shared by the training and fault tests ----
+
+def make_data(out, **kwargs):
+    from modeling.prepare import PrepareArguments, prepare_shards
+
+    prepare_shards(PrepareArguments(source=str(FINEWEB_SAMPLE), out=str(out), **kwargs), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    if not (FINEWEB_SAMPLE.exists() and BPE_DIR.is_dir()):
+        pytest.skip(f"needs the shared test data at {SHARED_DATA} (put ../shared beside the project, or set GPT2_SHARED_DATA)")
+    return make_data(tmp_path_factory.mktemp("data"), max_tokens=300_000, shard_size=100_000, val_tokens=20_000)
+
+
+@pytest.fixture(scope="session")
+def epoch_data_dir(tmp_path_factory):
+    # 3 train shards of 400 tokens = 36 windows of 33 tokens: an epoch is 9 micro-batches of 4, so short runs
+    # cross epoch boundaries (reshuffle + resume in the middle of an epoch).
+    if not (FINEWEB_SAMPLE.exists() and BPE_DIR.is_dir()):
+        pytest.skip(f"needs the shared test data at {SHARED_DATA} (put ../shared beside the project, or set GPT2_SHARED_DATA)")
+    return make_data(tmp_path_factory.mktemp("epoch"), max_tokens=1_400, shard_size=400, val_tokens=200)
+
+
+TINY = dict(model_config="tiny", seq_len=32, per_device_train_batch_size=4, total_batch_size=256, max_steps=6,
+            warmup_steps=1, learning_rate=3e-3, min_lr=3e-4, bf16=False, eval_steps=3, eval_batches=2,
+            num_samples=0, save_steps=3, report_to="none")
+
+
+def run(output_dir, data_dir, **overrides) -> list[dict]:
+    """train() in this process on the tiny preset; returns metrics.jsonl."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling.config import TrainingConfig
+    from modeling.trainer import train
+
+    try:
+        train(TrainingConfig(**{**TINY, "data_dir": str(data_dir), "output_dir": str(output_dir), **overrides}))
+    finally:  # accelerate's state is process-wide; the next run in this process starts clean
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return read_metrics(output_dir)
+
+
+def read_metrics(output_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]

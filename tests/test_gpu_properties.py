@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb
-from test_train import data_dir, run  # noqa: F401 - data_dir is a fixture
+from conftest import read_metrics, run
 
 pytestmark = [needs_bpe, needs_fineweb]
 
@@ -146,8 +146,6 @@ def test_fsdp2_on_two_cpu_processes_logs_the_global_grad_norm_under_bf16(tmp_pat
                              str(ROOT / "configs/accelerate/cpu-fsdp.yaml"), "--main_process_port", str(free_port()),
                              "train_hf.py", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    from test_train import read_metrics
-
     fsdp = read_metrics(tmp_path / "fsdp")
     single = run(tmp_path / "single", data_dir, max_steps=3, eval_steps=3, save_steps=3, bf16=True)
     for a, b in zip(single, fsdp, strict=True):

@@ -10,54 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FINEWEB_SAMPLE, HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, needs_hellaswag
+from conftest import HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, needs_hellaswag, read_metrics, run
 from modeling import checkpoint as ckpt
-from modeling.config import ConfigError, TrainingConfig, parse_training_config
+from modeling.config import ConfigError, parse_training_config
 from modeling.data import NoShardsError
 from modeling.model import build_model, causal_lm_loss, export_model, load_model_config
-from modeling.prepare import PrepareArguments, prepare_shards
 
 pytestmark = [needs_bpe, needs_fineweb]
-
-
-def make_data(out, **kwargs):
-    prepare_shards(PrepareArguments(source=str(FINEWEB_SAMPLE), out=str(out), **kwargs), progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("data"), max_tokens=300_000, shard_size=100_000, val_tokens=20_000)
-
-
-@pytest.fixture(scope="session")
-def epoch_data_dir(tmp_path_factory):
-    # 3 train shards of 400 tokens = 36 windows of 33 tokens: an epoch is 9 micro-batches of 4, so short runs
-    # cross epoch boundaries (reshuffle + resume in the middle of an epoch).
-    return make_data(tmp_path_factory.mktemp("epoch"), max_tokens=1_400, shard_size=400, val_tokens=200)
-
-
-TINY = dict(model_config="tiny", seq_len=32, per_device_train_batch_size=4, total_batch_size=256, max_steps=6,
-            warmup_steps=1, learning_rate=3e-3, min_lr=3e-4, bf16=False, eval_steps=3, eval_batches=2,
-            num_samples=0, save_steps=3, report_to="none")
-
-
-def run(output_dir, data_dir, **overrides) -> list[dict]:
-    """train() in this process; returns metrics.jsonl."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from modeling.trainer import train
-
-    try:
-        train(TrainingConfig(**{**TINY, "data_dir": str(data_dir), "output_dir": str(output_dir), **overrides}))
-    finally:  # accelerate's state is process-wide; the next run in this process starts clean
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    return read_metrics(output_dir)
-
-
-def read_metrics(output_dir):
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_presets_have_no_dropout_and_the_paper_shapes():

@@ -1,0 +1,83 @@
+"""What the training loop does when something goes wrong: preemption signals, non-finite steps, failed processes.
+
+- SIGTERM (cluster preemption; torchrun and SLURM forward it to every process) or SIGINT (Ctrl-C): the run saves
+  a checkpoint at the next step boundary and exits non-zero, saying where; a second signal exits at once.
+- A non-finite loss or gradient norm: the weights are not updated with it; the run stops (or, with
+  ``skip_nonfinite_steps``, skips up to that many such batches).
+Both are decided once per optimizer step from one small tensor, so every process takes the same decision and
+there is one host sync per step, not one per micro-batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import torch
+
+
+class TrainingStopped(Exception):
+    """The run stopped on purpose (signal, non-finite step); ``exit_code`` is what the process should exit with."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """Context manager: SIGTERM/SIGINT ask the loop to stop at the next step boundary (``requested`` holds the
+    signal's name); a second one exits at once. The previous handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, rank: int = 0):
+        self.rank, self.requested, self.signum, self._previous = rank, None, None, {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            print(f"[rank {self.rank}] second {name}: exiting now, without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested, self.signum = name, signum
+        print(f"[rank {self.rank}] {name}: saving a checkpoint at the end of this step, then stopping "
+              "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: leave signals to whoever owns them
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def check_step(accelerator, loss_sum: torch.Tensor, grad_norm, stop_requested: bool) -> tuple[bool, bool]:
+    """(finite, stop) for this optimizer step, the same on every process.
+
+    One (2,) tensor is max-reduced across processes and read once: the only host sync the checks add per step."""
+    bad = ~torch.isfinite(loss_sum)
+    if isinstance(grad_norm, torch.Tensor):
+        bad = bad | ~torch.isfinite(grad_norm.to(loss_sum.device))
+    elif grad_norm is not None and not torch.isfinite(torch.tensor(float(grad_norm))):
+        bad = torch.ones_like(bad)
+    flags = torch.stack([bad.float(), torch.tensor(float(stop_requested), device=loss_sum.device)])
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, "max")
+    nonfinite, stop = flags.tolist()
+    return not nonfinite, bool(stop)
+
+
+def nonfinite_message(step: int, loss: float, grad_norm, last_checkpoint, skipped: int, allowed: int) -> str:
+    norm = "n/a" if grad_norm is None else f"{float(grad_norm):.4g}"
+    where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "there is no checkpoint yet"
+    budget = (f" {skipped} of the {allowed} bad steps --skip_nonfinite_steps allows were already skipped."
+              if allowed else "")
+    return (f"step {step}: the loss ({loss:.4g}) or gradient norm ({norm}) is not finite. The weights were not "
+            f"updated with it and no checkpoint was saved; {where}.{budget} Usual remedies: a lower learning_rate, "
+            "max_grad_norm 1.0, more warmup_steps, bf16 rather than fp16; check the data with --verify_data. To skip "
+            "up to N such batches instead of stopping, pass --skip_nonfinite_steps N. Resume with "
+            "--resume_from_checkpoint latest.")
