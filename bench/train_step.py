@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("GPT2_SHARED_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("GPT2_BPE_DIR", str(SHARED / "gpt2_bpe"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -162,12 +162,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="fp32,bf16,fp32+compile,bf16+compile")
+    parser.add_argument("--rows", default="a,b,d,c", help="which rows: a (ours), b (bare HF), d (chunked), c (reference)")
     args = parser.parse_args()
 
     from modeling.prepare import PrepareArguments, prepare_shards
 
     variants = args.variants.split(",")
-    rows = ("(a) ours", "(b) bare HF", "(d) chunked", "(c) reference")
+    rows = tuple(r for r in ("(a) ours", "(b) bare HF", "(d) chunked", "(c) reference") if r[1] in args.rows.split(","))
     best: dict[tuple[str, str], float] = {}
     ceilings = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,8 +206,8 @@ def main() -> None:
     for variant in variants:
         for row in rows:
             rate = tokens / best[(row, variant)]
-            ref_rate = tokens / best[("(c) reference", variant)]
-            vs_bare = best[("(b) bare HF", variant)] / best[(row, variant)]
+            ref_rate = tokens / best.get(("(c) reference", variant), math.nan)
+            vs_bare = best.get(("(b) bare HF", variant), math.nan) / best[(row, variant)]
             achieved = rate * flops / 1e9
             dtype = "bf16" if variant.startswith("bf16") else "fp32"
             print(f"{variant:<13} {row:<14} {rate:>8.0f} {rate / ref_rate:>6.2f}x "

@@ -11,8 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb
-from conftest import read_metrics, run
+from conftest import HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, read_metrics, run
 
 pytestmark = [needs_bpe, needs_fineweb]
 
