@@ -50,4 +50,5 @@ test: install
 bench: install
 	$(BIN)/python bench/prepare_data.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/hellaswag.py
