@@ -123,14 +123,15 @@ def test_deepspeed_clipping_comes_from_the_recipe():
         set_deepspeed_gradient_clipping({"gradient_clipping": 1.0}, 0.5)
 
 
-def test_a_bf16_state_dict_exports_as_float32():
+def test_a_bf16_state_dict_exports_as_float32(tmp_path):
     from modeling.model import build_model, export_model, load_model_config
 
     config = load_model_config("tiny")
     state = {k: v.bfloat16() for k, v in build_model(config, 64).state_dict().items()}  # as DeepSpeed bf16 gives it
     exported = export_model(state, config, vocab_size=50257)
     assert {p.dtype for p in exported.parameters()} == {torch.float32}
-    assert exported.config.dtype in (torch.float32, "float32", None)
+    exported.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "float32"
 
 
 def test_fsdp2_on_two_cpu_processes_logs_the_global_grad_norm_under_bf16(tmp_path, data_dir):
@@ -154,3 +155,19 @@ def test_fsdp2_on_two_cpu_processes_logs_the_global_grad_norm_under_bf16(tmp_pat
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp/checkpoint-3")
     assert exported.dtype == torch.float32 and exported.config.vocab_size == 50257
+
+
+def test_fsdp_policy_computes_in_bf16_and_reduces_in_fp32():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from modeling.backends import configure_backend
+
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP,
+                                  state=SimpleNamespace(fsdp_plugin=SimpleNamespace(mixed_precision_policy=None)))
+    configure_backend(accelerator, max_grad_norm=1.0, bf16=True)
+    policy = accelerator.state.fsdp_plugin.mixed_precision_policy
+    assert isinstance(policy, MixedPrecisionPolicy)
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
