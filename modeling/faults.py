@@ -10,6 +10,7 @@ there is one host sync per step, not one per micro-batch.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -62,7 +63,7 @@ def check_step(accelerator, loss_sum: torch.Tensor, grad_norm, stop_requested: b
     bad = ~torch.isfinite(loss_sum)
     if isinstance(grad_norm, torch.Tensor):
         bad = bad | ~torch.isfinite(grad_norm.to(loss_sum.device))
-    elif grad_norm is not None and not torch.isfinite(torch.tensor(float(grad_norm))):
+    elif grad_norm is not None and not math.isfinite(float(grad_norm)):
         bad = torch.ones_like(bad)
     flags = torch.stack([bad.float(), torch.tensor(float(stop_requested), device=loss_sum.device)])
     if accelerator.num_processes > 1:

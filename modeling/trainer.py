@@ -7,6 +7,7 @@ One optimizer step = ``gradient_accumulation_steps`` micro-batches of (B, T+1) t
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -367,7 +368,8 @@ def train(config: TrainingConfig) -> dict:
             state.skipped_steps += 1
             accelerator.print(f"step {state.step + 1}: non-finite loss ({loss:.4g}) or gradient norm; skipped "
                               f"({state.skipped_steps} of {config.skip_nonfinite_steps} allowed)")
-            metrics.write({"step": state.step + 1, "loss": loss, "skipped": True, "tokens": state.tokens_seen})
+            metrics.write({"step": state.step + 1, "loss": loss if math.isfinite(loss) else None, "skipped": True,
+                           "tokens": state.tokens_seen})
             return
         found = ckpt.list_checkpoints(output_dir)
         raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, found[-1][1] if found else None,
@@ -379,7 +381,6 @@ def train(config: TrainingConfig) -> dict:
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="training")
     record: dict = {}
-    saved_at, path = (state.step, resume_from) if resume_from is not None else (None, None)
     prepared.train()
     with StopSignals(accelerator.process_index) as signals:
         while state.step < config.max_steps:
@@ -417,13 +418,16 @@ def train(config: TrainingConfig) -> dict:
             if finite and (state.step % config.logging_steps == 0 or do_eval or do_hellaswag):
                 record = log(started, loss_sum, lr, grad_norm, do_eval, do_hellaswag)
             bar.update(1)
-            if state.step % config.save_steps == 0 or last or (stop and saved_at != state.step):
-                saved_at, path = state.step, save()
+            if state.step % config.save_steps == 0 or last or stop:
+                path = save()
             if stop:
                 bar.close()
                 name = signals.requested or "a stop signal on another process"
                 raise TrainingStopped(f"stopped by {name} at step {state.step}: saved {path}. Continue with "
                                       "--resume_from_checkpoint latest.", exit_code=128 + (signals.signum or 15))
     bar.close()
-    accelerator.end_training()
+    # A last barrier (its tensors are gloo's own): ending right after a collective on one of our tensors can
+    # deadlock the process group's teardown, whose worker thread still needs the GIL to release that tensor.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # also destroys the process group
     return record

@@ -2,7 +2,6 @@
 dying ranks. Each test injects one fault into a real run of the tiny preset and checks what a user relies on."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import ROOT, TINY, launch_cpu_ddp, needs_bpe, needs_fineweb, read_metrics, run
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError
 
@@ -41,9 +40,7 @@ def cli(*args) -> list[str]:
 
 def launch_ddp(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     """train_hf.py on 2 CPU processes (DDP over gloo)."""
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "train_hf.py", *args], cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, **kwargs)
+    return launch_cpu_ddp(["train_hf.py", *args], **kwargs)
 
 
 # ---- gradient accumulation has one owner: resuming on any accumulation steps the optimizer every step ----
@@ -92,3 +89,260 @@ def test_resume_from_two_processes_on_one_and_from_one_on_two(tmp_path, data_dir
     for a, b in zip(reference[3:], read_metrics(tmp_path / "to-two"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     assert_same_weights(reference_dir / "checkpoint-6", tmp_path / "to-two/checkpoint-6")
+
+
+# ---- complete checkpoints only ----
+
+def strip(metrics: list[dict]) -> list[dict]:
+    """Metrics without the wall-clock fields."""
+    return [{k: v for k, v in m.items() if k not in ("step_seconds", "tokens_per_second", "mfu")} for m in metrics]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """8 uninterrupted steps, checkpoints every 2: what every interrupted-and-resumed run must reproduce exactly."""
+    out = tmp_path_factory.mktemp("reference")
+    return out, run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4)
+
+
+def test_latest_skips_an_incomplete_checkpoint_and_says_so(tmp_path, data_dir, reference, capsys):
+    reference_dir, expected = reference
+    out = tmp_path / "run"
+    shutil.copytree(reference_dir / "checkpoint-4", out / "checkpoint-4")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in expected[:4]))
+    (out / "checkpoint-99").mkdir()  # what a crash mid-copy or a user's mistake leaves
+    shutil.copy(reference_dir / "checkpoint-4/config.json", out / "checkpoint-99")
+    shutil.copytree(reference_dir / "checkpoint-6", out / "checkpoint-7")
+    (out / "checkpoint-7/training_state/optimizer.bin").write_bytes(b"truncated")
+    resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
+    printed = capsys.readouterr().out
+    assert "skipping" in printed and "checkpoint-99: not a complete checkpoint (no training_state/complete.json" in printed
+    assert "checkpoint-7: not a complete checkpoint (training_state/optimizer.bin has 9 bytes" in printed
+    assert "resumed from" in printed and "checkpoint-4 at step 4" in printed
+    assert strip(resumed) == strip(expected)
+
+
+def test_an_explicit_incomplete_checkpoint_is_refused_in_one_line(tmp_path, data_dir, reference):
+    reference_dir, _ = reference
+    broken = tmp_path / "checkpoint-4"
+    shutil.copytree(reference_dir / "checkpoint-4", broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"^--resume_from_checkpoint .*checkpoint-4: not a complete checkpoint "
+                                          r"\(model.safetensors is missing\)\. Pass another [^\n]*$"):
+        run(tmp_path / "run", data_dir, resume_from_checkpoint=str(broken))
+
+
+def test_leftovers_of_interrupted_saves_are_removed_or_recovered(tmp_path, data_dir, reference, capsys):
+    reference_dir, expected = reference
+    out = tmp_path / "run"
+    shutil.copytree(reference_dir / "checkpoint-2", out / "checkpoint-2")
+    # Killed after the marker, before the rename: complete, so it is moved into place and resumed from.
+    shutil.copytree(reference_dir / "checkpoint-4", out / "checkpoint-4.tmp")
+    # Killed mid-save, and mid-delete: incomplete, removed.
+    shutil.copytree(reference_dir / "checkpoint-6", out / "checkpoint-6.tmp")
+    (out / "checkpoint-6.tmp/training_state/complete.json").unlink()
+    shutil.copytree(reference_dir / "checkpoint-2", out / "checkpoint-2.trash-0a1b2c3d")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in expected[:6]))
+    resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
+    printed = capsys.readouterr().out
+    assert "recovered" in printed and "checkpoint-4 at step 4" in printed
+    assert strip(resumed) == strip(expected)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-8"]
+
+
+def test_rotation_after_resuming_from_an_older_checkpoint_keeps_the_one_just_saved(tmp_path, data_dir, reference,
+                                                                                  monkeypatch):
+    reference_dir, _ = reference
+    out = tmp_path / "run"
+    for step in (2, 6):
+        shutil.copytree(reference_dir / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    saved = []
+    original = ckpt.save_checkpoint
+
+    def save_and_stop(*args, **kwargs):
+        saved.append(original(*args, **kwargs))
+        raise KeyboardInterrupt("stop after the first save")
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_and_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(out, data_dir, max_steps=8, save_steps=3, save_total_limit=1, resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert saved == [out / "checkpoint-3"] and [p for _, p in ckpt.list_checkpoints(out)] == saved
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_how_much_space_is_needed(tmp_path, data_dir, reference,
+                                                                                    monkeypatch):
+    import errno
+
+    reference_dir, expected = reference
+    out = tmp_path / "run"
+    original = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if "checkpoint-4.tmp" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(ckpt.CheckpointSaveError, match=r"(?s)checkpoint-4 failed: No space left on device\. A checkpoint "
+                       r"of this model needs about \d+ MB; [\d,]+ MB are free.*newest complete checkpoint is .*checkpoint-2"):
+        run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4)
+    monkeypatch.undo()
+    assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2"]
+    resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
+    assert strip(resumed) == strip(expected)
+
+
+# ---- kill -9, SIGTERM, SIGINT: real processes, resumed runs identical to the uninterrupted one ----
+
+def start_training(out, data_dir) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train_hf.py", "--data_dir", str(data_dir), "--output_dir", str(out),
+                             *cli("max_steps", 8, "save_steps", 2, "eval_steps", 4)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"training ended before the fault point: {process.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "the fault point was never reached"
+        time.sleep(0.002)
+
+
+def logged_steps(out) -> int:
+    path = out / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+KILL_POINTS = {
+    # mid-step: somewhere in steps 4-5, past checkpoint-4's save
+    "mid-step": lambda out: logged_steps(out) >= 4 and (out / "checkpoint-4").exists(),
+    # mid-save: checkpoint-6 is being assembled
+    "mid-save": lambda out: (out / "checkpoint-6.tmp").exists(),
+    # right after a save: checkpoint-6 has just been renamed into place
+    "after-save": lambda out: (out / "checkpoint-6/training_state/complete.json").exists(),
+}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_9_then_resume_latest_is_bit_identical(tmp_path, data_dir, reference, point):
+    _, expected = reference
+    out = tmp_path / "run"
+    process = start_training(out, data_dir)
+    wait_for(lambda: KILL_POINTS[point](out), process)
+    process.kill()
+    process.wait()
+    if point == "mid-save":
+        assert (out / "checkpoint-6.tmp").exists() and not (out / "checkpoint-6").exists()
+    resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
+    assert strip(resumed) == strip(expected)  # each step once, every number bit-identical
+    assert [p.name for _, p in ckpt.list_checkpoints(out)] == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name or ".trash" in p.name]
+
+
+def test_a_torn_last_metrics_line_is_dropped(tmp_path, data_dir, reference):
+    reference_dir, expected = reference
+    out = tmp_path / "run"
+    shutil.copytree(reference_dir / "checkpoint-4", out / "checkpoint-4")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in expected[:5]) + '{"step": 6, "lo')
+    resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
+    assert strip(resumed) == strip(expected)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_saves_at_the_step_boundary_and_resumes_exactly(tmp_path, data_dir, reference, signum):
+    _, expected = reference
+    out = tmp_path / "run"
+    process = start_training(out, data_dir)
+    wait_for(lambda: logged_steps(out) >= 3 and not (out / "checkpoint-4.tmp").exists(), process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    name = signal.Signals(signum).name
+    stopped = int(stderr.split(f"stopped by {name} at step ")[1].split(":")[0])
+    assert f"saved {out / f'checkpoint-{stopped}'}. Continue with --resume_from_checkpoint latest" in stderr
+    assert ckpt.list_checkpoints(out)[-1] == (stopped, out / f"checkpoint-{stopped}") and 3 <= stopped < 8
+    resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
+    assert strip(resumed) == strip(expected)
+
+
+def test_a_second_signal_exits_at_once(tmp_path, data_dir):
+    out = tmp_path / "run"
+    process = start_training(out, data_dir)
+    wait_for(lambda: logged_steps(out) >= 1, process)
+    process.send_signal(signal.SIGINT)
+    while "SIGINT: saving a checkpoint at the end of this step" not in (line := process.stderr.readline()):
+        assert line, "the first signal was never acknowledged"
+    process.send_signal(signal.SIGINT)  # while the step finishes or the checkpoint is written
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT and "second SIGINT: exiting now, without a checkpoint" in stderr
+    assert "stopped by" not in stderr  # no checkpoint was announced; a half-written .tmp is never taken for one
+
+
+# ---- non-finite loss or gradient ----
+
+def test_a_diverging_run_stops_at_the_first_non_finite_step_and_saves_nothing_non_finite(tmp_path, data_dir):
+    from modeling.faults import TrainingStopped
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match=r"step \d+: the loss \([^)]*\) or gradient norm \([^)]*\) is not finite\. The weights "
+                       r"were not updated .*(last good checkpoint is|no checkpoint yet).*--skip_nonfinite_steps N"):
+        run(out, data_dir, max_steps=20, learning_rate=1e4, min_lr=0, max_grad_norm=0, save_steps=2)
+    for _, path in ckpt.list_checkpoints(out):
+        assert all(torch.isfinite(t).all() for t in weights(path).values()), path
+
+
+def test_skip_nonfinite_steps_skips_that_many_bad_batches_and_logs_them(tmp_path, data_dir, monkeypatch):
+    import modeling.trainer
+
+    loss_fn, calls = modeling.trainer.causal_lm_loss, [0]
+
+    def loss_with_bad_batches(model, tokens):  # micro-batches 5 and 6 (step 3, accumulation 2) are poisoned
+        calls[0] += 1
+        loss = loss_fn(model, tokens)
+        return loss * float("nan") if calls[0] in (5, 6) else loss
+
+    monkeypatch.setattr(modeling.trainer, "causal_lm_loss", loss_with_bad_batches)
+    metrics = run(tmp_path / "run", data_dir, skip_nonfinite_steps=1)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6] and metrics[2]["skipped"] is True
+    assert metrics[2]["loss"] is None  # strict JSON: NaN is logged as null
+    assert all("skipped" not in m and m["loss"] == m["loss"] for m in metrics[3:])
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run/checkpoint-6").values())
+
+    from modeling.faults import TrainingStopped
+
+    calls[0] = 0
+    with pytest.raises(TrainingStopped, match=r"^step 3: .*last good checkpoint is .*checkpoint-2\."):
+        run(tmp_path / "strict", data_dir, save_steps=1)  # default: stop at the first bad step
+
+
+# ---- multi-process faults: no hang, the failing rank named ----
+
+def test_a_dying_rank_stops_every_process_quickly_and_is_named(tmp_path, data_dir):
+    started = time.monotonic()
+    result = launch_ddp_script(["raise", "1", "3", "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"),
+                                *cli("max_steps", 50, "save_steps", 100)], timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0 and elapsed < 120
+    assert "train_hf.py [rank 1]: failed: RuntimeError: injected failure at step 3" in result.stderr, result.stderr[-3000:]
+
+
+def test_a_full_disk_on_another_rank_fails_every_process_without_a_hang(tmp_path, data_dir):
+    result = launch_ddp_script(["enospc", "1", "4", "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"),
+                                *cli("save_steps", 2)], timeout=300)
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "train_hf.py [rank 0]: error: Saving" in result.stderr and "failed on another process" in result.stderr
+    assert "train_hf.py [rank 1]: error: Saving" in result.stderr and "No space left on device" in result.stderr
+    assert [p.name for _, p in ckpt.list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+
+
+def test_processes_that_do_not_share_the_output_dir_are_told_checkpoints_need_a_shared_filesystem(tmp_path, data_dir):
+    result = launch_ddp_script(["private-dir", "1", "0", "--data_dir", str(data_dir), "--output_dir",
+                                str(tmp_path / "run"), *cli()], timeout=300)
+    assert result.returncode != 0
+    assert "process(es) [1] cannot see" in result.stderr and "shared by every node" in result.stderr, result.stderr[-2000:]
+
+
+def launch_ddp_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return launch_cpu_ddp(["tests/inject_fault.py", *args], timeout=timeout)

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, needs_hellaswag, read_metrics, run
+from conftest import HELLASWAG_FILE, ROOT, launch_cpu_ddp, needs_bpe, needs_fineweb, needs_hellaswag, read_metrics, run
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, parse_training_config
 from modeling.data import NoShardsError
@@ -160,8 +159,8 @@ def test_resume_gives_bit_identical_losses(tmp_path, epoch_data_dir, monkeypatch
     resumed = run(tmp_path / "resumed", epoch_data_dir, resume_from_checkpoint="latest", **settings)
     strip = lambda ms: [{k: v for k, v in m.items() if k not in ("step_seconds", "tokens_per_second", "mfu")} for m in ms]  # noqa: E731
     assert strip(resumed) == strip(straight)  # loss, lr, grad norm, val loss: all bit-identical
-    a = torch.load(tmp_path / "straight/checkpoint-8/training_state/optimizer.bin", weights_only=False)
-    b = torch.load(tmp_path / "resumed/checkpoint-8/training_state/optimizer.bin", weights_only=False)
+    a = torch.load(tmp_path / "straight/checkpoint-8/training_state/optimizer.bin", weights_only=True)
+    b = torch.load(tmp_path / "resumed/checkpoint-8/training_state/optimizer.bin", weights_only=True)
     assert all(torch.equal(a["state"][i]["exp_avg"], b["state"][i]["exp_avg"]) for i in a["state"])
 
 
@@ -195,10 +194,8 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir)
               "4", "--total_batch_size", "256", "--max_steps", "4", "--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4",
               "--bf16", "false", "--eval_steps", "2", "--eval_batches", "2", "--num_samples", "0", "--save_steps", "4",
               "--report_to", "none"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "train_hf.py", *common, "--output_dir",
-                    str(tmp_path / "ddp")], cwd=ROOT, check=True, env=env, capture_output=True)
+    ddp_run = launch_cpu_ddp(["train_hf.py", *common, "--output_dir", str(tmp_path / "ddp")])
+    assert ddp_run.returncode == 0, ddp_run.stderr[-3000:]
     single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4)
     ddp = read_metrics(tmp_path / "ddp")
     config = json.loads((tmp_path / "ddp/checkpoint-4/training_state/run_config.json").read_text())
