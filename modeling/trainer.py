@@ -184,6 +184,12 @@ def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainS
         state.epoch, state.windows_in_epoch = state.epoch + 1, 0
 
 
+def causal_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The training loss of a (prepared) CausalLMForTraining: computed inside the (compiled) module, so no logits
+    leave it. One named place for it (the fault tests inject failures here)."""
+    return model(tokens)
+
+
 @torch.no_grad()
 def evaluate_loss(model: CausalLMForTraining, loader: DataLoader, accelerator: Accelerator) -> float:
     """Mean val loss over the fixed val batches, summed across processes.
@@ -391,7 +397,7 @@ def train(config: TrainingConfig) -> dict:
                 # accelerate's accumulate() owns accumulation: it counts micro-batches and lets DDP all-reduce the
                 # gradients only on the last one of each step (no_sync on the others).
                 with accelerator.accumulate(prepared):
-                    loss = prepared(tokens)  # the loss is computed inside the (compiled) module: no logits leave it
+                    loss = causal_lm_loss(prepared, tokens)
                     # backward() divides by `accum`: gradients add up over the micro-batches, so the sum becomes the
                     # mean over the whole batch, the same gradient one big batch would give.
                     accelerator.backward(loss)
