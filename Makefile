@@ -69,5 +69,6 @@ test: install lint
 bench: install
 	$(BIN)/python bench/prepare_data.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/hellaswag.py
 	$(BIN)/python bench/train_loader_memory.py

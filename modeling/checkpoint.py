@@ -110,6 +110,11 @@ def read_run_config(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_DIR / RUN_CONFIG).read_text())
 
 
+def _plain_key(name: str) -> str:
+    """A parameter name without torch.compile's (``_orig_mod.``) and DDP's (``module.``) wrapper prefixes."""
+    return name.removeprefix("_orig_mod.").removeprefix("module.")
+
+
 def read_train_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_DIR / TRAIN_STATE).read_text())
 
@@ -193,9 +198,12 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
     error = None
     try:
         accelerator.save_state(str(tmp / STATE_DIR))
-        state_dict = accelerator.get_state_dict(model)  # full weights on the main process, gathered under FSDP/ZeRO-3
+        # Full weights on the main process, gathered under FSDP/ZeRO-3. unwrap=False: accelerate's unwrap of a
+        # compiled DDP model re-points the compiled wrapper at the bare module, after which accelerate's no_sync no
+        # longer finds DDP's and every micro-batch would all-reduce. The wrappers' key prefixes are dropped here.
+        state_dict = accelerator.get_state_dict(model, unwrap=False)
         if accelerator.is_main_process:
-            state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile's wrapper
+            state_dict = {_plain_key(k): v for k, v in state_dict.items()}
             export_model(state_dict, model_config, vocab_size=len(tokenizer)).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / STATE_DIR / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")

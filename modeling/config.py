@@ -72,6 +72,10 @@ class TrainingConfig:
         "help": "Skip up to N optimizer steps whose loss or gradient norm is not finite (logged); 0 = stop at the first."})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast (weights and optimizer state stay fp32)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    chunked_loss: bool = field(default=True, metadata={
+        "help": "LM head + cross-entropy in chunks of loss_chunk_tokens tokens inside the training module (never all "
+                "B x T x vocab logits at once); false = the stock full-logits loss."})
+    loss_chunk_tokens: int = field(default=2048, metadata={"help": "Tokens per LM-head/loss chunk (chunked_loss)."})
     seed: int = 1337
     # --- evaluation, logging, checkpoints ---
     output_dir: str = field(default="runs/gpt2-124m", metadata={"help": "metrics.jsonl, checkpoint-N/, tracker logs."})
@@ -104,7 +108,7 @@ class TrainingConfig:
 
     def __post_init__(self):
         positive = ("seq_len", "per_device_train_batch_size", "max_steps", "eval_batches", "logging_steps", "save_steps",
-                    "pad_vocab_to_multiple_of")
+                    "pad_vocab_to_multiple_of", "loss_chunk_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

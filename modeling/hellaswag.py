@@ -46,6 +46,7 @@ class HellaSwagResult:
     records: list[dict]
     stats: dict[str, int] = field(default_factory=dict)  # work done: forwards, rows, tokens incl. padding, ...
     seconds: float = 0.0
+    path: str = ""  # which scoring path the model's self-check allowed (see describe_path)
 
     def write_per_example(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -155,6 +156,15 @@ class _ModelSupport:
 _SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, _ModelSupport]" = weakref.WeakKeyDictionary()
 
 
+def describe_path(support: _ModelSupport | None) -> str:
+    """The scoring path in words, for logs: the fast path is 'prefix-shared, LM head on scored tokens'."""
+    if support is None:
+        return "none (nothing scored)"
+    rows = "prefix-shared" if support.share_prefix else "one ending per row"
+    head = "LM head on scored tokens" if support.head_only else f"full logits, {FULL_LOGITS_ROWS} rows per forward"
+    return f"{rows}, {head}"
+
+
 def _score_batch(model, batch: list[_Group], device, mask_dtype, support: _ModelSupport, stats: dict) -> list[list[float]]:
     """Summed log-likelihood of every ending of every group in ``batch``."""
     ids, mask, positions, scored_at, targets, ending_of, n_endings = _pack(batch, device, mask_dtype)
@@ -187,34 +197,44 @@ def _score_batch(model, batch: list[_Group], device, mask_dtype, support: _Model
     return out
 
 
+def _low_precision(model, device) -> bool:
+    """Whether the forward runs in bf16/fp16: half weights, or autocast on (as under a bf16 Accelerator)."""
+    return (model.get_input_embeddings().weight.dtype in (torch.float16, torch.bfloat16)
+            or torch.is_autocast_enabled(device.type)
+            or "_original_forward" in model.__dict__)  # accelerate's mixed-precision wrapper (autocast inside forward)
+
+
 def _check_model(model, group: _Group, device, mask_dtype) -> _ModelSupport:
     """Check the fast path's two assumptions on one real example, once per model, and fall back where they fail.
 
-    Runs without autocast, in the weights' dtype: float32 weights are then compared tightly (only rounding may
-    differ); half-precision weights within 2%, which still catches a mask or positions being ignored.
+    Both sides of each comparison run under the caller's autocast setting, exactly as the scoring will (like with
+    like: accelerate's mixed-precision wrapper re-enables autocast inside a wrapped model's forward, so a reference
+    with autocast turned off would not be comparable). fp32 is compared tightly (only rounding may differ);
+    bf16/fp16 (weights or autocast) within 2%, which still catches a mask or positions being ignored.
     """
     if model in _SUPPORT:
         return _SUPPORT[model]
-    with torch.autocast(device.type, enabled=False):
-        head, base = model.get_output_embeddings(), model.base_model
-        head_only = head is not None and base is not model
-        if head_only:
-            ids, mask, positions, *_ = _pack([group], device, mask_dtype)
-            kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            ours, theirs = head(base(**kwargs).last_hidden_state).float(), model(**kwargs).logits.float()
-            head_only = ours.shape == theirs.shape and torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3)
-        if not head_only:
-            print(f"hellaswag: {type(model).__name__}'s logits are not its output embeddings applied to the last hidden "
-                  "state; scoring with full logits (slower, same results)")
-        plain = _score_batch(model, [_Group(group.context, (e,)) for e in group.endings], device, mask_dtype,
-                             _ModelSupport(head_only, share_prefix=False), {})
-        try:
-            shared = _score_batch(model, [group], device, mask_dtype, _ModelSupport(head_only, share_prefix=True), {})[0]
-            tolerance = dict(rel_tol=1e-5, abs_tol=1e-3) if mask_dtype == torch.float32 else dict(rel_tol=2e-2, abs_tol=0.1)
-            share_prefix = all(math.isclose(a, b[0], **tolerance) for a, b in zip(shared, plain))
-            reason = f"scores differ: {[round(x, 3) for x in shared]} vs {[round(x[0], 3) for x in plain]}"
-        except Exception as e:  # noqa: BLE001 - any failure of the custom mask means: do not use it
-            share_prefix, reason = False, f"{type(e).__name__}: {e}"
+    low_precision = _low_precision(model, device)
+    head, base = model.get_output_embeddings(), model.base_model
+    head_only = head is not None and base is not model
+    if head_only:
+        ids, mask, positions, *_ = _pack([group], device, mask_dtype)
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        ours, theirs = head(base(**kwargs).last_hidden_state).float(), model(**kwargs).logits.float()
+        tolerance = dict(rtol=2e-2, atol=5e-2) if low_precision else dict(rtol=1e-3, atol=1e-3)
+        head_only = ours.shape == theirs.shape and torch.allclose(ours, theirs, **tolerance)
+    if not head_only:
+        print(f"hellaswag: {type(model).__name__}'s logits are not its output embeddings applied to the last hidden "
+              "state; scoring with full logits (slower, same results)")
+    plain = _score_batch(model, [_Group(group.context, (e,)) for e in group.endings], device, mask_dtype,
+                         _ModelSupport(head_only, share_prefix=False), {})
+    try:
+        shared = _score_batch(model, [group], device, mask_dtype, _ModelSupport(head_only, share_prefix=True), {})[0]
+        tolerance = dict(rel_tol=2e-2, abs_tol=0.1) if low_precision else dict(rel_tol=1e-5, abs_tol=1e-3)
+        share_prefix = all(math.isclose(a, b[0], **tolerance) for a, b in zip(shared, plain))
+        reason = f"scores differ: {[round(x, 3) for x in shared]} vs {[round(x[0], 3) for x in plain]}"
+    except Exception as e:  # noqa: BLE001 - any failure of the custom mask means: do not use it
+        share_prefix, reason = False, f"{type(e).__name__}: {e}"
     if not share_prefix:
         print(f"hellaswag: {type(model).__name__} does not honour a custom 4D attention mask with position ids "
               f"({reason}); scoring one ending per row instead (slower, same results)")
@@ -318,6 +338,7 @@ def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: in
             records = _score_local(model, tokenizer, mine, batch_size, conventions, show_progress, stats) if mine else []
     finally:
         model.train(was_training)
+    path = describe_path(_SUPPORT.get(model))
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -325,7 +346,7 @@ def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: in
         all_stats = gather_object([stats])
         stats = {k: sum(s.get(k, 0) for s in all_stats) for k in set().union(*all_stats)}
     stats["examples"] = len(records)
-    return HellaSwagResult(metrics_from_records(records, conventions), records, stats, time.perf_counter() - t0)
+    return HellaSwagResult(metrics_from_records(records, conventions), records, stats, time.perf_counter() - t0, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

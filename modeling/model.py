@@ -92,12 +92,18 @@ def trimmed_state_dict(state_dict: dict[str, torch.Tensor], vocab_size: int) -> 
 
 
 def export_model(state_dict: dict[str, torch.Tensor], config: GPT2Config, vocab_size: int) -> GPT2LMHeadModel:
-    """A GPT2LMHeadModel with exactly the original GPT-2's shapes (``vocab_size`` rows) holding ``state_dict``."""
+    """A GPT2LMHeadModel with exactly the original GPT-2's shapes (``vocab_size`` rows) holding ``state_dict``.
+
+    Weights are saved in float32 (as OpenAI's GPT-2 and ``config.json``'s dtype say) even when the training backend
+    holds them in bf16 (DeepSpeed with bf16 keeps the module's weights in bf16 and the fp32 master copy elsewhere).
+    """
     config = copy.deepcopy(config)
     config.vocab_size = vocab_size
+    config.dtype = torch.float32
     with torch.device("meta"):  # no time spent initialising weights that are replaced at once
         model = GPT2LMHeadModel(config)
-    model.load_state_dict(trimmed_state_dict(state_dict, vocab_size), strict=False, assign=True)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in trimmed_state_dict(state_dict, vocab_size).items()}
+    model.load_state_dict(weights, strict=False, assign=True)
     model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:

@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from modeling import checkpoint as ckpt
 from modeling import run_record, schedule
+from modeling.backends import accelerator_kwargs, configure_backend, global_norm
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
 from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_message
-from modeling.model import (build_model, causal_lm_loss, flops_per_token, load_model_config, load_pretrained_weights,
-                            num_params)
+from modeling.lm_loss import CausalLMForTraining
+from modeling.model import build_model, flops_per_token, load_model_config, load_pretrained_weights, num_params
 from modeling.progress import bar as progress_bar
 from modeling.progress import quiet_library_bars
 from modeling.report import RunInfo, finish_run
@@ -191,15 +192,26 @@ def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainS
         state.epoch, state.windows_in_epoch = state.epoch + 1, 0
 
 
+def causal_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The training loss of a (prepared) CausalLMForTraining: computed inside the (compiled) module, so no logits
+    leave it. One named place for it (the fault tests inject failures here)."""
+    return model(tokens)
+
+
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
-    """Mean val loss over the fixed val batches, summed across processes."""
+def evaluate_loss(model: CausalLMForTraining, loader: DataLoader, accelerator: Accelerator) -> float:
+    """Mean val loss over the fixed val batches, summed across processes.
+
+    ``model`` is the uncompiled training module: a short last batch or eval mode never recompiles the training
+    graph, and there is nothing to synchronise in a forward pass.
+    """
     model.eval()
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    for tokens in loader:
-        tokens = tokens.to(accelerator.device)
-        total += torch.stack([causal_lm_loss(model, tokens).double() * tokens[:, 1:].numel(),
-                              torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
+    with accelerator.autocast():
+        for tokens in loader:
+            tokens = tokens.to(accelerator.device, non_blocking=True)
+            total += torch.stack([model(tokens).double() * tokens[:, 1:].numel(),
+                                  torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
     total = accelerator.reduce(total, "sum")
     model.train()
     return (total[0] / total[1]).item()
@@ -236,6 +248,7 @@ def train(config: TrainingConfig) -> dict:
         dynamo_backend="inductor" if config.compile else None,
         log_with=config.trackers or None,
         project_dir=config.output_dir,
+        **accelerator_kwargs(),  # DDP buckets, non-blocking batch copies
     )
     if accelerator.num_processes != launched:
         raise ConfigError(f"{launched} processes were launched but they did not form one group "
@@ -274,6 +287,9 @@ def train(config: TrainingConfig) -> dict:
     if accelerator.is_main_process:
         (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
 
+    # `model` stays the plain GPT2LMHeadModel (sampling, HellaSwag, export); `train_model` shares its modules and
+    # returns the loss. Only train_model is prepared: we never unwrap it, since unwrap_model on a compiled DDP model
+    # re-points the compiled wrapper at the bare module and accelerate then no longer finds DDP's no_sync.
     model = build_model(model_config, config.pad_vocab_to_multiple_of)
     if config.init_from and resume_from is None:  # weights only; optimizer, schedule and data start afresh
         load_pretrained_weights(model, ckpt.resolve_model_dir(config.init_from))
@@ -281,7 +297,9 @@ def train(config: TrainingConfig) -> dict:
     if config.gradient_checkpointing:  # Transformers' own: recompute each block's activations in backward
         enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.2x
         enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
-    optimizer = build_optimizer(model, config, device)
+    train_model = CausalLMForTraining(model, config.loss_chunk_tokens if config.chunked_loss else None)
+    configure_backend(accelerator, config.max_grad_norm, config.bf16)
+    optimizer = build_optimizer(train_model, config, device)
     scheduler = schedule.build_scheduler(optimizer, config)
     sampler = ShardBlockSampler(train_data.windows_per_shard, seed=config.seed, shuffle=config.shuffle)
     loader_kwargs = {"batch_size": B, "drop_last": True, "num_workers": config.dataloader_num_workers,
@@ -292,7 +310,7 @@ def train(config: TrainingConfig) -> dict:
     # (modeling/val_loss.py builds it, so eval_loss.py evaluates any model on exactly these windows.)
     val_batches = val_loader(config.data_dir, config.seq_len, B, config.eval_batches, accelerator.process_index, world,
                              config.dataloader_num_workers, pin_memory=device.type == "cuda")
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    prepared, optimizer, train_loader, scheduler = accelerator.prepare(train_model, optimizer, train_loader, scheduler)
     state = TrainState()
     if resume_from is not None:
         accelerator.load_state(str(resume_from / ckpt.STATE_DIR))
@@ -312,7 +330,7 @@ def train(config: TrainingConfig) -> dict:
     run_info = RunInfo.start(output_dir, accelerator, state.step, config.data_dir)  # hardware and wall time, for the model card
     accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
     tokens_per_step = B * config.seq_len * accum * world
-    n_params = num_params(accelerator.unwrap_model(model))
+    n_params = num_params(model)
     flops_per_step = flops_per_token(model_config, n_params, config.seq_len) * tokens_per_step
     peak = _peak_flops(config, device)
     # Sampling and in-loop HellaSwag run the unwrapped model: that needs a whole copy on every process (DDP).
@@ -329,16 +347,18 @@ def train(config: TrainingConfig) -> dict:
             found = ckpt.list_checkpoints(output_dir)
             raise TrainingStopped(nonfinite_message(state.step, float("nan"), None, found[-1][1] if found else None,
                                                     state.skipped_steps, config.skip_nonfinite_steps))
-        saved = ckpt.save_checkpoint(accelerator, model, output_dir, state.step, model_config, tokenizer, run_config,
+        saved = ckpt.save_checkpoint(accelerator, prepared, output_dir, state.step, model_config, tokenizer, run_config,
                                      state.state_dict(), config.save_total_limit)
         run_info.saved(state.step)
         return saved
 
+    result_paths: list[str] = []
+
     def evaluate(val: bool, hellaswag_now: bool) -> dict:
         result = {}
-        plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # varying shapes: no recompiles
+        plain = model  # uncompiled, no DDP: varying shapes cause no recompiles
         if val:
-            result["val_loss"] = evaluate_loss(model, val_batches, accelerator)
+            result["val_loss"] = evaluate_loss(train_model, val_batches, accelerator)
             if whole_model and accelerator.is_main_process and config.num_samples:
                 for text in sample_texts(plain, tokenizer, config.sample_prompt, config.num_samples,
                                          config.sample_max_new_tokens, config.seed + state.step):
@@ -346,7 +366,11 @@ def train(config: TrainingConfig) -> dict:
         if hellaswag_now:
             from modeling.hellaswag import score_hellaswag
 
-            scores = score_hellaswag(plain, tokenizer, hellaswag, accelerator=accelerator).metrics
+            scored = score_hellaswag(plain, tokenizer, hellaswag, accelerator=accelerator)
+            if not result_paths:  # once per run: which path the scorer's self-check allowed
+                result_paths.append(scored.path)
+                accelerator.print(f"hellaswag: scoring path: {scored.path}")
+            scores = scored.metrics
             result["hellaswag"] = scores["nanogpt"]["acc_norm"]  # the reference run's number (completion style)
             result["hellaswag_lm_eval"] = scores["lm-eval"]["acc_norm"]
         return result
@@ -393,7 +417,7 @@ def train(config: TrainingConfig) -> dict:
         record = {"step": 0, "tokens": 0, **evaluate(val=True, hellaswag_now=False)}
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=0)
-    model.train()
+    prepared.train()
     with StopSignals(accelerator.process_index) as signals:
         while state.step < config.max_steps:
             started = time.perf_counter()
@@ -402,8 +426,8 @@ def train(config: TrainingConfig) -> dict:
                 tokens = next(batches)  # (B, T+1)
                 # accelerate's accumulate() owns accumulation: it counts micro-batches and lets DDP all-reduce the
                 # gradients only on the last one of each step (no_sync on the others).
-                with accelerator.accumulate(model):
-                    loss = causal_lm_loss(model, tokens)
+                with accelerator.accumulate(prepared):
+                    loss = causal_lm_loss(prepared, tokens)
                     # backward() divides by `accum`: gradients add up over the micro-batches, so the sum becomes the
                     # mean over the whole batch, the same gradient one big batch would give.
                     accelerator.backward(loss)
@@ -411,7 +435,7 @@ def train(config: TrainingConfig) -> dict:
             if not accelerator.sync_gradients:  # the invariant a misaligned counter breaks: the step must update
                 raise RuntimeError(f"step {state.step + 1}: gradients were not synchronised after {accum} micro-batches")
             # Under DeepSpeed the engine clips inside its step and this returns its last known norm (None at first).
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+            grad_norm = global_norm(accelerator.clip_grad_norm_(prepared.parameters(), clip))
             # One host sync per step, not per micro-batch: finite loss and norm, and a stop signal on any process.
             finite, stop = check_step(accelerator, loss_sum, grad_norm, signals.requested is not None)
             lr = optimizer.param_groups[0]["lr"]

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import TokenWindows
+from modeling.model import causal_lm_loss
 
 _DEFAULTS = {f: TrainingConfig.__dataclass_fields__[f].default
              for f in ("seq_len", "per_device_train_batch_size", "eval_batches")}
@@ -84,6 +85,17 @@ def resolve_settings(args: ValLossArguments) -> dict:
     return settings
 
 
+class _LossOf(torch.nn.Module):
+    """Any Transformers causal LM as the trainer's evaluate_loss takes it: (B, T+1) tokens -> mean loss."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(self.model, tokens)
+
+
 def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dict:
     """Mean next-token loss over the val windows, with the trainer's own evaluate_loss."""
     from modeling.trainer import evaluate_loss
@@ -104,6 +116,6 @@ def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dic
     windows = min(len(loader.dataset.dataset), settings["eval_batches"] * settings["per_device_train_batch_size"])
     started = time.perf_counter()
     with accelerator.autocast():
-        loss = evaluate_loss(model, loader, accelerator)
+        loss = evaluate_loss(_LossOf(model), loader, accelerator)
     return {"val_loss": loss, "windows": windows, "tokens": windows * settings["seq_len"],
             "seconds": time.perf_counter() - started, "processes": accelerator.num_processes, **settings}

@@ -1,0 +1,59 @@
+"""What each Accelerate backend needs from the recipe, set through accelerate: DDP's buckets, batches moved without
+host syncs, FSDP2's mixed-precision policy, DeepSpeed's gradient clipping, and a global gradient norm for the log.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType
+
+from modeling.config import ConfigError
+
+# DDP gradient buckets. 124M fp32 gradients are ~500 MB: the default 25 MB makes ~20 buckets, and under torch.compile
+# DDPOptimizer splits the graph at every bucket (20 separately compiled pieces, no fusion across them). 100 MB gives
+# ~5 all-reduces, each large enough for full interconnect bandwidth, still overlapping most of the backward.
+DDP_BUCKET_CAP_MB = 100
+
+
+def accelerator_kwargs() -> dict:
+    """Keyword arguments for ``Accelerator(...)``."""
+    return {
+        # gradient_as_bucket_view: gradients live in DDP's buckets (no second 500 MB copy, no copy per step).
+        "kwargs_handlers": [DistributedDataParallelKwargs(bucket_cap_mb=DDP_BUCKET_CAP_MB, gradient_as_bucket_view=True)],
+        # Batches go host->GPU with non_blocking=True (from pinned memory): the copy overlaps the previous step.
+        "dataloader_config": DataLoaderConfiguration(non_blocking=True),
+    }
+
+
+def configure_backend(accelerator, max_grad_norm: float, bf16: bool) -> None:
+    """Settings that must be in place before ``accelerator.prepare``."""
+    if accelerator.distributed_type == DistributedType.FSDP and bf16:
+        # accelerate's FSDP2 default for bf16 also reduces gradients in bf16 (8 mantissa bits summed over all ranks).
+        # Compute in bf16, fp32 master weights (accelerate keeps the sharded parameters fp32), gradients reduced in
+        # fp32, as FSDP's own mixed-precision recipes and torchtitan do.
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        set_deepspeed_gradient_clipping(accelerator.state.deepspeed_plugin.deepspeed_config, max_grad_norm)
+
+
+def set_deepspeed_gradient_clipping(ds_config: dict, max_grad_norm: float) -> None:
+    """DeepSpeed clips inside its own step at ``gradient_clipping``: the recipe's ``max_grad_norm`` is that value.
+    (With "auto" accelerate would fill in 1.0 whatever the recipe says.) A config file that sets another value is
+    refused rather than silently overridden: there is one place to set it."""
+    current = ds_config.get("gradient_clipping", "auto")
+    if current not in ("auto", None) and float(current) != float(max_grad_norm):
+        raise ConfigError(f"The DeepSpeed config sets gradient_clipping {current}, the recipe max_grad_norm "
+                          f"{max_grad_norm}. Set it only in the recipe (max_grad_norm) and remove it from the "
+                          "DeepSpeed config, or make them equal.")
+    ds_config["gradient_clipping"] = float(max_grad_norm)
+
+
+def global_norm(grad_norm):
+    """The gradient norm of the whole model (under FSDP2 accelerate returns a DTensor: made whole here, so that what
+    is checked and logged is never one shard's norm). Stays on the device: no host sync."""
+    if grad_norm is not None and hasattr(grad_norm, "full_tensor"):  # torch.distributed.tensor.DTensor
+        grad_norm = grad_norm.full_tensor()
+    return grad_norm
