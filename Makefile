@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` (set-up, then the pipeline end to end on a small default) and
-# `make test` (set-up, then the test suite, offline). Both create the venv on first use.
+# `make test` (set-up, the linter, then the test suite, offline). Both create the venv on first use.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,7 +26,7 @@ endif
 HELLASWAG_TRAIN_FLAG := $(if $(HELLASWAG_ARG),--hellaswag_data $(HELLASWAG_ARG))
 HELLASWAG_EVAL_FLAG := $(if $(HELLASWAG_ARG),--data $(HELLASWAG_ARG))
 
-.PHONY: install demo test bench
+.PHONY: install demo lint test bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -59,10 +59,15 @@ demo: install
 	@echo "  upload/                  what push_to_hub.py --repo-id $(DEMO_REPO_ID) would upload"
 	@echo "  hub-cache/               upload/ as Hub repo $(DEMO_REPO_ID): HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(abspath $(DEMO_OUT)/hub-cache)"
 
-test: install
+# ruff with a small rule set (pyproject.toml: syntax errors, unused imports/variables, undefined names).
+lint: install
+	$(BIN)/ruff check --no-cache .
+
+test: install lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python bench/prepare_data.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/hellaswag.py
+	$(BIN)/python bench/train_loader_memory.py

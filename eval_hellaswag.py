@@ -34,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...; default: the accelerate device, else cuda if available")
     p.add_argument("--output", default=None, help="write the metrics as JSON here")
     p.add_argument("--per_example", default=None, help="write one JSON line per example here (scores, predictions, label)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--progress", nargs="?", choices=("auto", "bar", "off"), default="auto", const="bar",
+                   help="auto: a bar (examples/s, ETA) on a terminal, a one-line status every $GPT2_PROGRESS_INTERVAL "
+                        "seconds (30) in a log; bar (or --progress alone): a bar anyway; off: none")
     p.add_argument("--no_record", dest="record", action="store_false",
                    help="do not record the results in the checkpoint folder (hellaswag_results.json, read by the model card)")
     return p.parse_args(argv)
@@ -52,13 +54,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from modeling.hellaswag import CONVENTIONS, load_examples, score_hellaswag
+    from modeling.progress import quiet_library_bars
 
-    if not args.progress:  # keep the report readable: no loading bars from datasets/transformers
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
+    # A log stays readable: no loading bars from datasets/transformers there (nor anywhere with --progress off).
+    if args.progress != "bar":
+        quiet_library_bars(force=args.progress == "off")
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate/torchrun: each process takes a slice
         from accelerate import Accelerator
@@ -67,6 +67,7 @@ def main() -> None:
         accelerator = Accelerator(cpu=args.device == "cpu" or not torch.cuda.is_available())
     device = accelerator.device if accelerator else torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     is_main = accelerator is None or accelerator.is_main_process
+    progress = {"auto": True, "bar": "bar", "off": False}[args.progress] if is_main else False
 
     from modeling.checkpoint import resolve_model_dir
 
@@ -90,7 +91,7 @@ def main() -> None:
             _fail(f"cannot load the checkpoint {args.model}: {e}")
         try:
             result = score_hellaswag(model, tokenizer, examples, batch_size=args.batch_size, accelerator=accelerator,
-                                     show_progress=args.progress and is_main, conventions=conventions)
+                                     show_progress=progress, conventions=conventions)
         except ValueError as e:
             _fail(str(e))
         report.update(result.metrics)
@@ -100,7 +101,8 @@ def main() -> None:
         from modeling.harness import compare, run_harness
 
         harness = run_harness(args.model, data=args.data, indices=[ex.index for ex in examples],
-                              batch_size=args.lm_eval_batch_size or args.batch_size, device=str(device), dtype=args.dtype)
+                              batch_size=args.lm_eval_batch_size or args.batch_size, device=str(device), dtype=args.dtype,
+                              progress=progress)
         if harness is not None:
             report["harness"] = dict(harness.metrics)
             if result is not None and "lm-eval" in conventions:

@@ -2,6 +2,7 @@
 
     python prepare_data.py                                   # FineWeb-Edu sample-10BT from the Hub (streamed)
     python prepare_data.py --source ../shared/data/fineweb_edu_sample --out data/demo --shard-size 1000000
+    python prepare_data.py --verify data/demo                # check every shard against manifest.json
 """
 
 import shlex
@@ -10,9 +11,11 @@ import sys
 from transformers import HfArgumentParser
 
 from modeling.prepare import OutputDirError, PrepareArguments, prepare_shards
+from modeling.progress import quiet_library_bars
 from modeling.shards import ShardFormatError
 from modeling.sources import SourceError
 from modeling.tokenizer import TokenizerNotFoundError
+from modeling.verify import verify_shards
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
+        quiet_library_bars()  # in a log: no "Resolving data files" bars from datasets (ours prints status lines)
+        if args.verify:
+            print(verify_shards(args.verify, progress=True).summary(args.verify))
+            return
         manifest = prepare_shards(args, command=shlex.join(["prepare_data.py", *argv]))
     except (SourceError, OutputDirError, ShardFormatError, TokenizerNotFoundError, ValueError, FileNotFoundError) as e:
         sys.exit(f"prepare_data.py: error: {e}")

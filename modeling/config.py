@@ -17,8 +17,9 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
+# Shipped inside the package, so an installed wheel finds its presets from any directory; the repository's
+# top-level configs/ is a symlink to this folder, for editing and for paths like configs/train/cpu-demo.yaml.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,11 @@ class TrainingConfig:
     shuffle: bool = field(default=True, metadata={"help": "Shuffle shard order and windows within a shard each epoch (seeded)."})
     bpe_dir: Optional[str] = field(default=None, metadata={
         "help": "Directory with GPT-2 BPE files, for the tokenizer saved with checkpoints (default: $GPT2_BPE_DIR, then tiktoken)."})
+    verify_data: bool = field(default=False, metadata={
+        "help": "Before training, read every shard once: its sha256 must match manifest.json and every token id must be "
+                "below the tokenizer's vocabulary (a bad one is named with file and offset)."})
+    allow_incomplete_data: bool = field(default=False, metadata={
+        "help": "Train on a data_dir whose manifest.json says prepare_data.py did not finish (refused otherwise)."})
     # --- batch: tokens per optimizer step = per_device_train_batch_size x seq_len x gradient_accumulation_steps x processes ---
     total_batch_size: Optional[int] = field(default=524288, metadata={"help": "Tokens per optimizer step; accumulation is derived from it."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Sequences per micro-batch per process."})
@@ -45,6 +51,18 @@ class TrainingConfig:
     learning_rate: float = 6e-4
     min_lr: float = field(default=6e-5, metadata={"help": "LR at the end of the cosine decay."})
     warmup_steps: int = 715
+    lr_decay_steps: Optional[int] = field(default=None, metadata={
+        "help": "Steps of the cosine decay to min_lr (default: max_steps); after them the LR holds at min_lr."})
+    extend_schedule: Optional[str] = field(default=None, metadata={
+        "help": "Resuming with another max_steps than the checkpoint's (e.g. extending a finished run) needs this: "
+                "continue_cosine (recompute the cosine to end at the new max_steps; the LR moves to that curve) or "
+                "hold_min_lr (keep the old decay, then hold min_lr)."})
+    init_from: Optional[str] = field(default=None, metadata={
+        "help": "Start a new run from these weights (a checkpoint-N folder, a run's output_dir, any GPT-2 "
+                "Transformers folder or Hub id such as gpt2) with a fresh optimizer, schedule and data order."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass (Transformers' gradient checkpointing): less memory "
+                "for gpt2-774m/gpt2-1558m, for one more forward pass per step (~1/3 more compute)."})
     weight_decay: float = field(default=0.1, metadata={"help": "Applied to 2-D weights (matmuls, embeddings) only."})
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -59,6 +77,8 @@ class TrainingConfig:
     output_dir: str = field(default="runs/gpt2-124m", metadata={"help": "metrics.jsonl, checkpoint-N/, tracker logs."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start afresh even if output_dir has checkpoints (deletes them)."})
     eval_steps: int = field(default=250, metadata={"help": "Val loss (and samples) every N steps; 0 = only at the end."})
+    eval_on_start: bool = field(default=True, metadata={
+        "help": "Val loss at step 0, before any update (logged as step 0), so curves start at ~ln(vocab)."})
     eval_batches: int = field(default=20, metadata={"help": "Val batches of per_device_train_batch_size sequences per evaluation, shared by all processes."})
     num_samples: int = field(default=2, metadata={"help": "Sampled generations printed at each evaluation."})
     sample_prompt: str = "Hello, I'm a language model,"
@@ -79,7 +99,7 @@ class TrainingConfig:
 
     # Fields a resumed run must share with its checkpoint: they fix the model, the data order and the schedule.
     RUN_DEFINING = ("data_dir", "model_config", "seq_len", "pad_vocab_to_multiple_of", "shuffle", "total_batch_size",
-                    "max_steps", "learning_rate", "min_lr", "warmup_steps", "weight_decay", "adam_beta1",
+                    "max_steps", "learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "adam_beta1",
                     "adam_beta2", "adam_epsilon", "max_grad_norm", "seed")
 
     def __post_init__(self):
@@ -93,6 +113,10 @@ class TrainingConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.total_batch_size is None and self.gradient_accumulation_steps is None:
             raise ConfigError("Set total_batch_size (tokens per optimizer step) or gradient_accumulation_steps.")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ConfigError(f"lr_decay_steps must be >= 1 (or unset for max_steps), got {self.lr_decay_steps}")
+        if self.extend_schedule not in (None, "continue_cosine", "hold_min_lr"):
+            raise ConfigError(f"extend_schedule must be continue_cosine or hold_min_lr, got {self.extend_schedule!r}")
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ConfigError(f"min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate}).")
 
@@ -153,3 +177,35 @@ def parse_training_config(argv: list[str]) -> TrainingConfig:
         argv = argv[1:]
     (config,) = parser.parse_args_into_dataclasses(args=argv)
     return config
+
+
+CONFIG_KINDS = {"train": (".yaml", ".yml"), "model": (".json",), "accelerate": (".yaml", ".yml")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``gpt2-configs``: the shipped presets, or the path of one (for ``accelerate launch --config_file``, ``cp``)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="gpt2-configs", description="List the presets shipped with gpt2-hf, or print the path of one, e.g. "
+        "`accelerate launch --config_file $(gpt2-configs accelerate/multi-gpu) -m train_hf gpt2-124m-fineweb-edu-10b`.")
+    parser.add_argument("name", nargs="?", help=f"KIND/NAME with KIND in {sorted(CONFIG_KINDS)}, e.g. train/cpu-demo")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        print(f"presets in {CONFIG_DIR}:")
+        for kind, suffixes in CONFIG_KINDS.items():
+            names = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*") if p.suffix in suffixes)
+            print(f"  {kind:<11} {' '.join(names)}")
+        return
+    kind, _, name = args.name.partition("/")
+    if kind not in CONFIG_KINDS or not name:
+        sys.exit(f"gpt2-configs: error: {args.name!r} is not KIND/NAME with KIND in {sorted(CONFIG_KINDS)}.")
+    try:
+        print(resolve_config_path(name, kind, CONFIG_KINDS[kind]).resolve())
+    except ConfigError as e:
+        sys.exit(f"gpt2-configs: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,25 +1,27 @@
 """lm-evaluation-harness's HellaSwag, offline, through its Python API, and the example-by-example comparison with ours.
 
-The task is ours (``modeling/lm_eval_tasks/hellaswag_local``: a local-data copy of lm-eval's ``hellaswag`` whose
-prompts are built by lm-eval's own ``process_docs``). Its YAML names the data file relative to the working
-directory, which only suits runs from the repository root, so each run here writes a temporary copy of the task
-folder whose YAML points at the absolute path of the file asked for (or at the Hub dataset).
+The task is ours (``modeling/lm_eval_tasks/hellaswag_local``: a copy of lm-eval's ``hellaswag`` whose prompts are
+built by lm-eval's own ``process_docs``, and whose data location is a parameter). Each run here names the data
+explicitly through lm-eval's task metadata (``hellaswag_data``), so a ``$HELLASWAG_DATA`` left in the environment
+can never make the harness score other examples than our scorer.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from modeling.progress import bar
+
 TASK_NAME = "hellaswag_local"
-TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks" / TASK_NAME
+TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # what `lm_eval --include_path` takes
+TASK_DIR = TASKS_DIR / TASK_NAME
 TASK_YAML = TASK_DIR / f"{TASK_NAME}.yaml"
+DATA_METADATA_KEY = "hellaswag_data"  # read by lm_eval_tasks/hellaswag_local/utils.py
+HUB_DATASET = "Rowan/hellaswag"
 
 
 @dataclass
@@ -31,41 +33,48 @@ class HarnessResult:
     seconds: float
 
 
-def write_task_dir(dest: str | Path, data: str | None) -> Path:
-    """Copy the shipped task folder into ``dest`` with its data source replaced by ``data`` (absolute) or the Hub."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    text = TASK_YAML.read_text(encoding="utf-8")
-    if data is None:  # the Hub dataset, exactly as lm-eval's built-in task reads it
-        text = _replace_line(text, r"dataset_path: .*", "dataset_path: Rowan/hellaswag")
-        text = re.sub(r"(?m)^dataset_kwargs:\n(?:  .*\n)+", "", text)
-    else:
-        path = Path(data).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"HellaSwag file {path} does not exist")
-        builder = "parquet" if path.name.lower().endswith(".parquet") else "json"
-        text = _replace_line(text, r"dataset_path: .*", f"dataset_path: {builder}")
-        text = _replace_line(text, r"    validation: .*", f"    validation: {json.dumps(str(path))}")
-    (dest / TASK_YAML.name).write_text(text, encoding="utf-8")
-    shutil.copy(TASK_DIR / "utils.py", dest / "utils.py")
-    return dest
+def task_metadata(data: str | None) -> dict[str, str]:
+    """The task metadata that points ``hellaswag_local`` at ``data`` (a local file, made absolute) or the Hub."""
+    if data is None:
+        return {DATA_METADATA_KEY: HUB_DATASET}
+    path = Path(data).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"HellaSwag file {path} does not exist")
+    return {DATA_METADATA_KEY: str(path)}
 
 
-def _replace_line(text: str, pattern: str, replacement: str) -> str:
-    new_text, count = re.subn(f"(?m)^{pattern}$", lambda _: replacement, text)
-    if count != 1:
-        raise RuntimeError(f"{TASK_YAML}: expected exactly one line matching {pattern!r}, found {count}; "
-                           "modeling/harness.py patches that line, update one or the other")
-    return new_text
+@contextlib.contextmanager
+def _lm_eval_progress(progress: bool | str):
+    """lm-eval's bars ("Running loglikelihood requests", building requests) as ours: a bar on a terminal, a periodic
+    status line in a log, none when off. lm-eval has no switch for them, so its modules' ``tqdm`` name is swapped
+    for the duration of the run."""
+    from lm_eval.api import model as api_model
+    from lm_eval.api import task as api_task
+    from lm_eval.models import huggingface
+
+    def lm_eval_bar(*args, disable: bool = False, **kwargs):
+        return bar(*args, enabled=bool(progress) and not disable, force_bar=progress == "bar", **kwargs)
+
+    modules = [m for m in (api_model, api_task, huggingface) if hasattr(m, "tqdm")]
+    saved = [m.tqdm for m in modules]
+    for m in modules:
+        m.tqdm = lm_eval_bar
+    try:
+        yield
+    finally:
+        for m, original in zip(modules, saved):
+            m.tqdm = original
 
 
 def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list[int] | None = None,
-                batch_size: int = 16, device: str = "cpu", dtype: str = "float32") -> HarnessResult | None:
+                batch_size: int = 16, device: str = "cpu", dtype: str = "float32",
+                progress: bool | str = True) -> HarnessResult | None:
     """Run lm-eval's ``simple_evaluate`` on our ``hellaswag_local`` task and collect per-example log-likelihoods.
 
     ``model`` is a checkpoint folder (lm-eval loads it with ``dtype``, as its CLI would) or an in-memory model
     (then pass its ``tokenizer``). ``indices`` selects rows of the data (default: all). Under several processes
-    lm-eval shares the work itself; the result is returned on the main process and None elsewhere.
+    lm-eval shares the work itself; the result is returned on the main process and None elsewhere. ``progress``:
+    True for lm-eval's bars on a terminal and periodic status lines elsewhere, "bar" for bars anyway, False for none.
     """
     import lm_eval
     from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -74,15 +83,14 @@ def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list
     t0 = time.perf_counter()
     accelerate_was_set_up = bool(PartialState._shared_state) or bool(AcceleratorState._shared_state)
     try:
-        with tempfile.TemporaryDirectory(prefix="hellaswag_task_") as task_dir:
-            write_task_dir(task_dir, data)
-            task_manager = TaskManager(include_path=task_dir, include_defaults=False)
-            if isinstance(model, (str, Path)):
-                lm, model_args = "hf", {"pretrained": str(model), "dtype": dtype}
-            else:
-                from lm_eval.models.huggingface import HFLM
+        task_manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=task_metadata(data))
+        if isinstance(model, (str, Path)):
+            lm, model_args = "hf", {"pretrained": str(model), "dtype": dtype}
+        else:
+            from lm_eval.models.huggingface import HFLM
 
-                lm, model_args = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), None
+            lm, model_args = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), None
+        with _lm_eval_progress(progress):
             out = lm_eval.simple_evaluate(
                 model=lm, model_args=model_args, tasks=[TASK_NAME], task_manager=task_manager, batch_size=batch_size,
                 device=device, samples={TASK_NAME: list(indices)} if indices is not None else None,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from modeling.hellaswag_data import (  # noqa: F401 - load_examples, tokenize and max_context_length are API too
     CONVENTIONS, Example, Tokens, load_examples, max_context_length, render, tokenize)
+from modeling.progress import bar
 
 DEFAULT_BATCH_SIZE = 16  # prefix groups (~ examples of one convention) per forward pass; 16 was fastest on 2 CPU cores
 HEAD_CHUNK = 1024  # scored positions per LM-head matmul: bounds the float32 logits to HEAD_CHUNK x vocab
@@ -258,15 +259,15 @@ def _score_local(model, tokenizer, examples, batch_size, conventions, show_progr
         groups, slots = plan(share_prefix=False)
     order = sorted(range(len(groups)), key=lambda g: -groups[g].length)  # longest first: memory errors show at once
     results: list[list[float]] = [[] for _ in groups]
-    batches = range(0, len(order), batch_size)
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="HellaSwag", unit="batch")
-    for start in batches:
+    # Counted in examples (a group is one context with its endings, per convention): examples/s and an ETA.
+    progress = bar(total=len(examples), desc="HellaSwag", unit="examples", enabled=bool(show_progress),
+                   force_bar=show_progress == "bar")
+    for done, start in enumerate(range(0, len(order), batch_size), 1):
         chosen = order[start:start + batch_size]
         for gid, sums in zip(chosen, _score_batch(model, [groups[g] for g in chosen], device, mask_dtype, support, stats)):
             results[gid] = sums
+        progress.update(min(len(order), done * batch_size) * len(examples) // len(order) - progress.n)
+    progress.close()
     records = []
     for k, ex in enumerate(examples):
         record = {"index": ex.index, "label": ex.label}
@@ -289,13 +290,15 @@ def metrics_from_records(records: list[dict], conventions=CONVENTIONS) -> dict[s
 
 
 def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                    accelerator=None, show_progress: bool = False,
+                    accelerator=None, show_progress: bool | str = False,
                     conventions: tuple[str, ...] = CONVENTIONS) -> HellaSwagResult:
     """Score ``examples`` zero-shot with an in-memory causal LM, in each of ``conventions``.
 
     ``model`` is unwrapped (not DDP), on its device, any dtype; it is put in eval mode under no_grad and its training
     mode restored. With an ``accelerator`` of several processes, each rank scores every num_processes-th example and
     all ranks get the gathered result (so all ranks must call this); its autocast setting (mixed precision) applies.
+    ``show_progress``: True for a bar on a terminal and a periodic status line elsewhere (modeling/progress.py),
+    "bar" for a bar anyway.
     """
     for conv in conventions:
         if conv not in CONVENTIONS:

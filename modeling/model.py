@@ -40,6 +40,36 @@ def build_model(config: GPT2Config, pad_vocab_to_multiple_of: int = 1) -> GPT2LM
     return GPT2LMHeadModel(config)
 
 
+def load_pretrained_weights(model: GPT2LMHeadModel, name_or_path: str) -> None:
+    """Copy the weights of a GPT-2 Transformers folder or Hub id into ``model`` (built from the same shapes),
+    for a new run that starts from them. The embedding's padding rows (``pad_vocab_to_multiple_of``) keep their
+    fresh initialisation: they are never targets."""
+    from transformers import AutoModelForCausalLM
+
+    from modeling.config import ConfigError
+
+    try:
+        source = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    except OSError as e:
+        raise ConfigError(f"init_from: cannot load {name_or_path}: {e}") from e
+    weights = dict(source.named_parameters())
+    problems = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # tied lm_head once, as transformer.wte.weight
+            loaded = weights.get(name)
+            if loaded is None:
+                problems.append(f"{name}: missing")
+            elif name.endswith("wte.weight") and loaded.shape[1:] == param.shape[1:] and len(loaded) <= len(param):
+                param[: len(loaded)].copy_(loaded)  # 50257 rows into the padded 50304
+            elif loaded.shape != param.shape:
+                problems.append(f"{name}: {tuple(loaded.shape)} in the checkpoint, {tuple(param.shape)} here")
+            else:
+                param.copy_(loaded)
+    if problems:
+        raise ConfigError(f"init_from {name_or_path} does not fit the model built from model_config:\n  " +
+                          "\n  ".join(problems[:8]) + "\nPass its config.json as --model_config (or the matching preset).")
+
+
 def causal_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of a (B, T+1) token batch.
 

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from modeling import shards as shardio
+from modeling.progress import bar as progress_bar
 from modeling.sources import Source, SourceError
 from modeling.tokenizer import EOT_ID, GPT2_RANKS_SHA256, get_encoding
 
@@ -53,6 +52,9 @@ class PrepareArguments:
     overwrite: bool = field(default=False, metadata={"help": "Delete shards and manifest already in --out first."})
     docs_per_batch: int = field(default=256, metadata={
         "help": "Documents read per batch; the next batch is read while this one is encoded."})
+    verify: Optional[str] = field(default=None, metadata={
+        "help": "Only verify the shards in this directory and exit, writing nothing: each sha256 against its "
+                "manifest.json, every token id below the tokenizer's vocabulary (bad ones named with file and offset)."})
 
     def __post_init__(self):
         for name in ("shard_size", "num_proc", "docs_per_batch"):
@@ -133,6 +135,10 @@ def _open_output(out: Path, identity: dict, overwrite: bool) -> tuple[list[dict]
                              + "\nUse another --out, or --overwrite to delete them and start over.")
     kept = _kept_shards(out, manifest)
     complete = manifest.get("complete", False) and len(kept) == len(manifest["shards"])
+    if not complete and (manifest.get("complete") or len(kept) < len(manifest["shards"])):
+        # Say the directory is unfinished before deleting any shard it lists: a crash from here on must not leave
+        # a manifest claiming shards that are gone.
+        _write_manifest(out, {**manifest, "complete": False, "shards": kept})
     keep_names = {s["file"] for s in kept}
     for path in out.glob("*.bin"):  # shards past the verified prefix are rewritten
         if path.name not in keep_names:
@@ -254,14 +260,17 @@ def prepare_shards(args: PrepareArguments, command: str = "",
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "complete": False, "shards": kept}
 
+    # On disk before the first shard: a crash at any point leaves a manifest that says "not complete" and lists
+    # exactly the finished shards, so a rerun knows the directory is its own and training refuses it.
+    _write_manifest(out, manifest)
     resume = kept[-1]["end"] if kept else {"doc": 0, "offset": 0}
     writer = _ShardSequence(out, args, enc.n_vocab, manifest, after_shard, resume)
     documents = source.documents(skip=resume["doc"])
     if args.max_docs is not None:
         documents = islice(documents, max(0, args.max_docs - resume["doc"]))
     budget = None if args.max_tokens is None else args.max_tokens - writer.tokens_done
-    bar = tqdm(total=args.max_tokens, initial=writer.tokens_done, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"tokenizing -> {out}", dynamic_ncols=True)
+    bar = progress_bar(total=args.max_tokens, initial=writer.tokens_done, unit="tok", unit_scale=True, enabled=progress,
+                       desc=f"tokenizing -> {out}", dynamic_ncols=True)  # a bar on a terminal, status lines in a log
     started, docs_read = time.perf_counter(), 0
     first_doc, skip_tokens = resume["doc"], resume["offset"]  # the first document resumes mid-way
     chunk = max(1, args.docs_per_batch // (4 * args.num_proc))  # several chunks per thread balance the load

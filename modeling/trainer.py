@@ -17,18 +17,23 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, set_seed
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from modeling import checkpoint as ckpt
+from modeling import run_record, schedule
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
 from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_message
-from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params
+from modeling.model import (build_model, causal_lm_loss, flops_per_token, load_model_config, load_pretrained_weights,
+                            num_params)
+from modeling.progress import bar as progress_bar
+from modeling.progress import quiet_library_bars
 from modeling.report import RunInfo, finish_run
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
+from modeling.verify import check_data_dir
+from modeling.val_loss import val_loader
 
 # bf16 dense peak FLOP/s, for the MFU estimate (matched against torch.cuda.get_device_name()).
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12, "L4": 121e12,
@@ -100,12 +105,15 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def _check_same_run(resume: Path, run_config: dict) -> None:
+def _check_same_run(resume: Path, run_config: dict, config: TrainingConfig) -> None:
     """Refuses to resume a checkpoint with settings that would make it another run."""
     saved = ckpt.read_run_config(resume)
+    # Another max_steps only with an explicit --extend_schedule; it sets the lr_decay_steps the run follows.
+    extended = schedule.resolve_schedule_change(saved["config"], config, int(resume.name.rsplit("-", 1)[-1]))
+    run_config["config"].update(config.to_dict())
     run_config = json.loads(json.dumps(run_config))  # compare in the types JSON gives back
-    diffs = [f"{k}: {saved['config'].get(k)!r} -> {run_config['config'][k]!r}"
-             for k in TrainingConfig.RUN_DEFINING if saved["config"].get(k) != run_config["config"][k]]
+    diffs = [f"{k}: {saved['config'].get(k)!r} -> {run_config['config'][k]!r}" for k in TrainingConfig.RUN_DEFINING
+             if k not in extended and saved["config"].get(k) != run_config["config"][k]]
     diffs += [f"model.{k}: {saved['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
               if saved["model"].get(k) != v]
     if diffs:
@@ -216,6 +224,7 @@ def sample_texts(model, tokenizer, prompt: str, num: int, max_new_tokens: int, s
 def train(config: TrainingConfig) -> dict:
     """Train as configured; returns the last logged metrics."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
+    quiet_library_bars()  # no "Writing model shards" frames in a log file
     accelerator = Accelerator(
         # Several processes and no GPU: DDP over gloo on the CPU (otherwise each process would train alone).
         cpu=launched > 1 and not torch.cuda.is_available(),
@@ -243,6 +252,8 @@ def train(config: TrainingConfig) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     set_seed(config.seed)  # the same initial weights on every process
 
+    # Unfinished preparation, missing or damaged shards (and with verify_data, every sha256 and token id): refused here.
+    check_data_dir(config.data_dir, config.verify_data, config.allow_incomplete_data, log=accelerator.print)
     train_data = TokenWindows(config.data_dir, "train", config.seq_len)
     _check_vocab(train_data, model_config.vocab_size)
     B, world = config.per_device_train_batch_size, accelerator.num_processes
@@ -257,23 +268,30 @@ def train(config: TrainingConfig) -> dict:
     # Decided once on the main process and broadcast: every process resumes from the same checkpoint.
     resume_from = ckpt.decide_resume(accelerator, output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
     if resume_from is not None:
-        _check_same_run(resume_from, run_config)
+        _check_same_run(resume_from, run_config, config)
+    # Command line, git commit, versions, hardware: at the top of output_dir and in every checkpoint (not compared).
+    run_config["environment"] = run_record.environment(accelerator)
+    if accelerator.is_main_process:
+        (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
 
     model = build_model(model_config, config.pad_vocab_to_multiple_of)
+    if config.init_from and resume_from is None:  # weights only; optimizer, schedule and data start afresh
+        load_pretrained_weights(model, ckpt.resolve_model_dir(config.init_from))
+        accelerator.print(f"initialised the weights from {config.init_from}")
+    if config.gradient_checkpointing:  # Transformers' own: recompute each block's activations in backward
+        enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.2x
+        enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
     optimizer = build_optimizer(model, config, device)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps, min_lr=config.min_lr)
+    scheduler = schedule.build_scheduler(optimizer, config)
     sampler = ShardBlockSampler(train_data.windows_per_shard, seed=config.seed, shuffle=config.shuffle)
     loader_kwargs = {"batch_size": B, "drop_last": True, "num_workers": config.dataloader_num_workers,
                      "pin_memory": device.type == "cuda"}
     train_loader = DataLoader(train_data, sampler=sampler, **loader_kwargs)
     # The val set is the first eval_batches x B windows whatever the number of processes; each process takes
     # every world-th window of it, so the all-reduced loss is the same on 1 or N processes.
-    val_data = TokenWindows(config.data_dir, "val", config.seq_len)
-    n_val = min(len(val_data), config.eval_batches * B)
-    val_slice = Subset(val_data, range(accelerator.process_index, n_val, world))
-    val_loader = DataLoader(val_slice, batch_size=B, num_workers=config.dataloader_num_workers,
-                            pin_memory=device.type == "cuda")
+    # (modeling/val_loss.py builds it, so eval_loss.py evaluates any model on exactly these windows.)
+    val_batches = val_loader(config.data_dir, config.seq_len, B, config.eval_batches, accelerator.process_index, world,
+                             config.dataloader_num_workers, pin_memory=device.type == "cuda")
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     state = TrainState()
     if resume_from is not None:
@@ -285,6 +303,10 @@ def train(config: TrainingConfig) -> dict:
         # sync points off the ends of our steps, and the optimizer would silently never step again.
         accelerator.step = 0
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
+        lr_was, lr_now = schedule.apply_scheduled_lr(scheduler)  # an extended schedule applies from this step
+        if lr_now != lr_was:
+            accelerator.print(f"schedule extended to max_steps {config.max_steps} ({config.extend_schedule}): "
+                              f"LR {lr_was:.3e} -> {lr_now:.3e} at step {state.step}")
 
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
     run_info = RunInfo.start(output_dir, accelerator, state.step, config.data_dir)  # hardware and wall time, for the model card
@@ -316,7 +338,7 @@ def train(config: TrainingConfig) -> dict:
         result = {}
         plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # varying shapes: no recompiles
         if val:
-            result["val_loss"] = evaluate_loss(model, val_loader, accelerator)
+            result["val_loss"] = evaluate_loss(model, val_batches, accelerator)
             if whole_model and accelerator.is_main_process and config.num_samples:
                 for text in sample_texts(plain, tokenizer, config.sample_prompt, config.num_samples,
                                          config.sample_max_new_tokens, config.seed + state.step):
@@ -363,9 +385,14 @@ def train(config: TrainingConfig) -> dict:
     # max_grad_norm 0 means no clipping; the norm is still computed (an infinite bound scales nothing) and logged.
     clip = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
     batches = _endless_batches(train_loader, accelerator, state)
-    bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
-               dynamic_ncols=True, desc="training")
+    # A bar on a terminal; in a log a status line every $GPT2_PROGRESS_INTERVAL s (modeling/progress.py).
+    bar = progress_bar(total=config.max_steps, initial=state.step, enabled=accelerator.is_main_process,
+                       dynamic_ncols=True, desc="training", unit="steps")
     record: dict = {}
+    if config.eval_on_start and state.step == 0:  # the untrained model: curves start at ~ln(vocab)
+        record = {"step": 0, "tokens": 0, **evaluate(val=True, hellaswag_now=False)}
+        metrics.write(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=0)
     model.train()
     with StopSignals(accelerator.process_index) as signals:
         while state.step < config.max_steps:

@@ -399,32 +399,84 @@ def test_ending_longer_than_the_context_window_is_refused(tokenizer):
         hs.score_hellaswag(model, tokenizer, [example_from_row(row, 0)])
 
 
-def test_task_yaml_copies_point_at_the_data_asked_for(tmp_path):
+def _task_utils():
+    from modeling.harness import TASK_DIR
+
+    spec = importlib.util.spec_from_file_location("hellaswag_local_utils", TASK_DIR / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_task_data_location_is_metadata_then_environment_then_hub(tmp_path, monkeypatch):
+    import datasets
     import yaml
 
-    from modeling.harness import TASK_YAML, write_task_dir
+    from modeling.harness import TASK_YAML, task_metadata
 
     class IgnoreTags(yaml.SafeLoader):
         pass
 
-    IgnoreTags.add_multi_constructor("!", lambda loader, tag, node: None)
+    IgnoreTags.add_multi_constructor("!", lambda loader, tag, node: f"!{tag} {loader.construct_scalar(node)}")
     shipped = yaml.load(TASK_YAML.read_text(), Loader=IgnoreTags)
-    assert shipped["task"] == "hellaswag_local"
-    # The README's plain lm_eval command runs from the repository root: the default path is relative to it.
-    default = shipped["dataset_kwargs"]["data_files"]["validation"]
-    assert default == "../shared/data/hellaswag/hellaswag_val_llamacpp_preprocessed.jsonl.gz"
-    if "GPT2_SHARED_DATA" not in os.environ:
-        assert (ROOT / default).resolve() == HELLASWAG_FILE
-    (tmp_path / "hs.parquet").write_bytes(b"")
-    local = yaml.load((write_task_dir(tmp_path / "a", str(tmp_path / "hs.parquet")) / TASK_YAML.name).read_text(),
-                      Loader=IgnoreTags)
-    assert local["dataset_path"] == "parquet"
-    assert local["dataset_kwargs"]["data_files"]["validation"] == str((tmp_path / "hs.parquet").resolve())
-    hub = yaml.load((write_task_dir(tmp_path / "b", None) / TASK_YAML.name).read_text(), Loader=IgnoreTags)
-    assert hub["dataset_path"] == "Rowan/hellaswag" and "dataset_kwargs" not in hub
-    assert (tmp_path / "b" / "utils.py").is_file()
+    # No path in the YAML (it used to be relative to the working directory): the data comes from the hook.
+    assert shipped["task"] == "hellaswag_local" and "dataset_kwargs" not in shipped
+    assert shipped["custom_dataset"] == "!function utils.load_hellaswag"
+    utils = _task_utils()
+    row = {"activity_label": "Cooking", "ctx": "He cracks an egg", "endings": ["a", "b", "c", "d"], "label": 2}
+    in_metadata = _write_jsonl(tmp_path / "two.jsonl", [row, row])
+    datasets.Dataset.from_list([row] * 3).to_parquet(str(tmp_path / "three.parquet"))
+    monkeypatch.setenv("HELLASWAG_DATA", str(tmp_path / "three.parquet"))
+    # metadata beats the environment; the model arguments lm-eval merges into the metadata are ignored
+    assert len(utils.load_hellaswag(hellaswag_data=in_metadata, pretrained="x", version=1.0)["validation"]) == 2
+    assert len(utils.load_hellaswag(pretrained="x")["validation"]) == 3
+    monkeypatch.chdir(tmp_path)  # a relative path is relative to the working directory, like any CLI path
+    monkeypatch.setenv("HELLASWAG_DATA", "two.jsonl")
+    assert utils.process_docs(utils.load_hellaswag()["validation"])[0]["query"] == "Cooking: He cracks an egg"
+    monkeypatch.setenv("HELLASWAG_DATA", "missing.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"missing\.jsonl \(from \$HELLASWAG_DATA\) does not exist"):
+        utils.load_hellaswag()
+    # Nothing set: the Hub copy, as lm-eval's built-in task; offline that fails saying how to use a local file.
+    monkeypatch.delenv("HELLASWAG_DATA")
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(utils.datasets, "load_dataset", unreachable)
+    with pytest.raises(RuntimeError, match="(?s)Rowan/hellaswag.*set HELLASWAG_DATA=") as error:
+        utils.load_hellaswag(pretrained="x")
+    assert "--metadata hellaswag_data=" in str(error.value)
+    assert calls == [(("Rowan/hellaswag",), {"split": "validation"})]
+    # Our runner always names the data, so a stray $HELLASWAG_DATA cannot change what the harness scores.
+    assert task_metadata(None) == {"hellaswag_data": "Rowan/hellaswag"}
+    assert task_metadata("two.jsonl") == {"hellaswag_data": str(tmp_path / "two.jsonl")}
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        write_task_dir(tmp_path / "c", str(tmp_path / "missing.jsonl"))
+        task_metadata("missing.jsonl")
+
+
+@needs_fineweb
+@needs_hellaswag
+def test_lm_eval_cli_runs_our_task_from_another_directory(checkpoint, ours, tmp_path):
+    """The README's plain `lm_eval ... --tasks hellaswag_local --include_path ...`, run from an unrelated directory
+    with the data given by $HELLASWAG_DATA, scores the same examples as our scorer, with the same log-likelihoods."""
+    cwd = tmp_path / "somewhere_else"
+    cwd.mkdir()
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={checkpoint},dtype=float32",
+           "--tasks", "hellaswag_local", "--include_path", str(ROOT / "modeling" / "lm_eval_tasks"), "--device", "cpu",
+           "--limit", "3", "--batch_size", "4", "--output_path", "results", "--log_samples"]
+    env = {**os.environ, "HELLASWAG_DATA": str(HELLASWAG_FILE), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [results] = (cwd / "results").glob("*/results_*.json")
+    assert json.loads(results.read_text())["results"]["hellaswag_local"]["acc_norm,none"] is not None
+    [samples] = (cwd / "results").glob("*/samples_hellaswag_local_*.jsonl")
+    samples = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [s["doc_id"] for s in samples] == [0, 1, 2]
+    for sample, record in zip(samples, ours.records[:3], strict=True):
+        assert [float(r[0]) for r in sample["filtered_resps"]] == pytest.approx(record["lm-eval"]["logprobs"],
+                                                                                **LOGPROB_TOL)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,13 +485,43 @@ def test_task_yaml_copies_point_at_the_data_asked_for(tmp_path):
 
 @needs_fineweb
 @needs_hellaswag
-def test_cli_both_backends_writes_the_json_contract(checkpoint, tmp_path):
+def test_cli_both_backends_writes_the_json_contract_and_shows_progress_fit_for_where_it_goes(checkpoint, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
     out, per_example = tmp_path / "hs.json", tmp_path / "hs.jsonl"
     cmd = [sys.executable, str(ROOT / "eval_hellaswag.py"), "--model", str(checkpoint), "--data", str(HELLASWAG_FILE),
-           "--limit", "12", "--offset", "3", "--backend", "both", "--batch_size", "8",
-           "--output", str(out), "--per_example", str(per_example)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+           "--limit", "12", "--offset", "3", "--backend", "both", "--batch_size", "8"]
+    # On a terminal (a pty): tqdm bars, examples/s. Started first, it runs beside the piped run below.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPT2_PROGRESS_INTERVAL": "0"}
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    on_terminal = subprocess.Popen(cmd[:-4] + ["--backend", "ours", "--batch_size", "4"], stdin=follower,
+                                   stdout=follower, stderr=follower, env=env, close_fds=True)
+    os.close(follower)
+    proc = subprocess.run(cmd + ["--output", str(out), "--per_example", str(per_example)], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # In a log (a pipe): no carriage-return frames from us, lm-eval, datasets or transformers, but status lines
+    # (every update here: GPT2_PROGRESS_INTERVAL=0), ours in examples with a rate.
+    assert "\r" not in proc.stderr + proc.stdout
+    assert "HellaSwag: 12/12 examples (100%) | " in proc.stderr and " examples/s | elapsed " in proc.stderr
+    assert "Running loglikelihood requests: 48/48" in proc.stderr
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(leader)
+    assert on_terminal.wait(timeout=300) == 0, terminal[-3000:]
+    text = terminal.decode(errors="replace")
+    assert "\rHellaSwag: 100%|" in text and "12/12 [" in text and "examples/s]" in text, text[-2000:]
     assert "AGREE" in proc.stdout and "DISAGREE" not in proc.stdout, proc.stdout
     report = json.loads(out.read_text())
     assert set(report) == {"nanogpt", "lm-eval", "harness"}

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HELLASWAG_FILE, ROOT, launch_cpu_ddp, needs_bpe, needs_fineweb, needs_hellaswag, read_metrics, run
+from conftest import (HELLASWAG_FILE, ROOT, TINY, launch_cpu_ddp, needs_bpe, needs_fineweb, needs_hellaswag,
+                      read_metrics, run)
 from modeling import checkpoint as ckpt
-from modeling.config import ConfigError, parse_training_config
+from modeling.config import ConfigError, TrainingConfig, parse_training_config
 from modeling.data import NoShardsError
 from modeling.model import build_model, causal_lm_loss, export_model, load_model_config
 
@@ -83,8 +85,11 @@ def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_
     out = tmp_path / "run"
     metrics = run(out, data_dir, max_steps=30, learning_rate=1e-2, min_lr=1e-3, warmup_steps=3, eval_steps=10,
                   save_steps=10, save_total_limit=2, num_samples=1, bf16=True, report_to="tensorboard",
-                  bpe_dir=str(bpe_dir))
-    assert [m["step"] for m in metrics] == list(range(1, 31))
+                  bpe_dir=str(bpe_dir), eval_on_start=True)  # the default; the tiny settings turn it off
+    assert [m["step"] for m in metrics] == list(range(0, 31))
+    # Step 0 is the untrained model's val loss (eval_on_start), so the curve starts at ~ln(vocab).
+    start, metrics = metrics[0], metrics[1:]
+    assert set(start) == {"step", "tokens", "val_loss"} and start["val_loss"] == pytest.approx(math.log(50304), abs=0.15)
     assert metrics[0]["loss"] == pytest.approx(math.log(50304), abs=0.15)
     assert np.mean([m["loss"] for m in metrics[-5:]]) < metrics[0]["loss"] - 2.5
     assert all(k in metrics[9] for k in ("loss", "lr", "grad_norm", "tokens", "tokens_per_second", "val_loss"))
@@ -176,7 +181,7 @@ def test_resume_with_another_micro_batch_size_continues_on_the_same_tokens(tmp_p
     resumed = run(tmp_path / "resumed", data_dir, resume_from_checkpoint="latest", per_device_train_batch_size=8,
                   **settings)
     for a, b in zip(straight, resumed, strict=True):
-        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["step"] == b["step"] and a.get("loss", 0) == pytest.approx(b.get("loss", 0), rel=1e-5)
 
 
 def test_resume_refuses_a_layout_that_cannot_reach_the_saved_position(tmp_path, epoch_data_dir, monkeypatch):
@@ -196,14 +201,15 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir)
               "--report_to", "none"]
     ddp_run = launch_cpu_ddp(["train_hf.py", *common, "--output_dir", str(tmp_path / "ddp")])
     assert ddp_run.returncode == 0, ddp_run.stderr[-3000:]
-    single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4)
+    single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4, eval_on_start=True)
     ddp = read_metrics(tmp_path / "ddp")
     config = json.loads((tmp_path / "ddp/checkpoint-4/training_state/run_config.json").read_text())
     assert config["num_processes"] == 2 and config["gradient_accumulation_steps"] == 1
     assert json.loads((tmp_path / "single/checkpoint-4/training_state/run_config.json").read_text())[
         "gradient_accumulation_steps"] == 2
     for a, b in zip(single, ddp, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["step"] == b["step"] and a.get("loss", 0) == pytest.approx(b.get("loss", 0), rel=1e-5)
+        assert a.get("grad_norm", 0) == pytest.approx(b.get("grad_norm", 0), rel=1e-4)
         assert ("val_loss" in a) == ("val_loss" in b) and a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)
 
 
@@ -214,6 +220,138 @@ def test_a_gradient_norm_the_backend_does_not_report_is_logged_as_null(tmp_path,
     monkeypatch.setattr(Accelerator, "clip_grad_norm_", lambda self, params, max_norm: None)
     metrics = run(tmp_path / "run", data_dir, max_steps=2, eval_steps=2, save_steps=2, report_to="tensorboard")
     assert [m["grad_norm"] for m in metrics] == [None, None]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_two_machines_train_together_and_eval_loss_agrees_on_any_process_count(tmp_path, data_dir):
+    # Multi-node on one host: two `accelerate launch` invocations (machine ranks 0 and 1, one process each) join
+    # over gloo and must train exactly like one process with twice the accumulation.
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from modeling.val_loss import ValLossArguments, compute_val_loss, resolve_settings
+
+    out, port = tmp_path / "two-machines", str(_free_port())
+    common = ["--data_dir", str(data_dir), "--model_config", "tiny", "--seq_len", "32", "--per_device_train_batch_size",
+              "4", "--total_batch_size", "256", "--max_steps", "4", "--warmup_steps", "1", "--learning_rate", "3e-3",
+              "--min_lr", "3e-4", "--bf16", "false", "--eval_steps", "2", "--eval_batches", "2", "--num_samples", "0",
+              "--save_steps", "4", "--report_to", "none", "--output_dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    machines = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                                  str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "--num_machines", "2", "--machine_rank",
+                                  str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                                  "train_hf.py", *common], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4, eval_on_start=True)
+    logs = [machine.communicate(timeout=600)[0] for machine in machines]
+    for machine, log in zip(machines, logs):
+        assert machine.returncode == 0, log[-3000:]
+    # Not a terminal: a status line instead of bar frames, and no "Writing model shards" bars from transformers.
+    assert "\r" not in logs[0] and "Writing model shards" not in logs[0]
+    assert "training: 4/4 steps (100%) | " in logs[0], logs[0][-2000:]
+    two = read_metrics(out)
+    assert [m["step"] for m in two] == [0, 1, 2, 3, 4]
+    for a, b in zip(single, two, strict=True):
+        assert a["step"] == b["step"] and a.get("loss", 0) == pytest.approx(b.get("loss", 0), rel=1e-5)
+        assert a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)
+    record = json.loads((out / "run_config.json").read_text())
+    hardware = record["environment"]["hardware"]
+    assert (hardware["num_machines"], hardware["num_processes"], record["gradient_accumulation_steps"]) == (2, 2, 1)
+    assert record["environment"]["launch"]["MASTER_ADDR"] == "127.0.0.1"
+    assert ckpt.read_run_config(out / "checkpoint-4")["environment"]["git"] == record["environment"]["git"]
+
+    # eval_loss.py on the exported checkpoint, on the run's own val windows (--like): 2 processes == 1 process ==
+    # the run's logged val loss (up to the 47 vocabulary-padding rows the training model also normalises over).
+    evaluated = launch_cpu_ddp(["eval_loss.py", "--model", str(out), "--like", str(out), "--output",
+                                str(tmp_path / "val2.json")])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    two_processes = json.loads((tmp_path / "val2.json").read_text())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(out / "checkpoint-4")
+        alone = compute_val_loss(model, resolve_settings(ValLossArguments(model="-", like=str(out))), Accelerator(cpu=True))
+    finally:
+        _reset_accelerate()
+    assert two_processes["processes"] == 2 and alone["processes"] == 1 and alone["windows"] == 8
+    assert two_processes["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-6)
+    assert alone["val_loss"] == pytest.approx(two[-1]["val_loss"], abs=2e-3)
+
+
+def test_extending_a_finished_run_needs_a_schedule_choice(tmp_path, data_dir):
+    import shutil
+
+    from modeling.schedule import build_scheduler
+
+    settings = dict(max_steps=4, warmup_steps=1, save_steps=4, eval_steps=4, eval_on_start=True)
+    finished = tmp_path / "finished"
+    run(finished, data_dir, **settings)
+    shutil.copytree(finished, tmp_path / "cosine")
+    with pytest.raises(ConfigError, match=r"max_steps 4 and this run asks for 6.*--extend_schedule continue_cosine"):
+        run(finished, data_dir, **{**settings, "max_steps": 6}, resume_from_checkpoint="latest")
+    held = run(finished, data_dir, **{**settings, "max_steps": 6}, resume_from_checkpoint="latest",
+               extend_schedule="hold_min_lr")
+    assert [m["step"] for m in held] == [0, 1, 2, 3, 4, 5, 6]
+    assert held[5]["lr"] == held[6]["lr"] == pytest.approx(TINY["min_lr"])  # past the old end: min_lr
+    assert held[5]["loss"] < held[4]["loss"] + 0.5 and ckpt.read_run_config(finished / "checkpoint-6")["config"][
+        "lr_decay_steps"] == 4
+    # A requeued job repeats its command: the extended run resumes without the flag, on the schedule it chose.
+    assert run(finished, data_dir, **{**settings, "max_steps": 6}, resume_from_checkpoint="latest") == held
+
+    cosine = run(tmp_path / "cosine", data_dir, **{**settings, "max_steps": 6}, resume_from_checkpoint="latest",
+                 extend_schedule="continue_cosine")
+    config = TrainingConfig(**{**TINY, **settings, "max_steps": 6})
+    scheduler = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.learning_rate), config)
+    six_step_lrs = []
+    for _ in range(6):
+        six_step_lrs.append(scheduler.get_last_lr()[0])
+        scheduler.step()
+    # Steps 5 and 6 follow the 6-step cosine exactly (the LR rises from min_lr back onto that curve).
+    assert [m["lr"] for m in cosine[5:]] == six_step_lrs[4:] and six_step_lrs[4] > TINY["min_lr"]
+    assert cosine[:5] == held[:5]
+
+
+def test_init_from_takes_the_weights_only_and_gradient_checkpointing_changes_nothing_but_memory(tmp_path, data_dir,
+                                                                                                  monkeypatch):
+    from transformers.models.gpt2 import modeling_gpt2
+
+    source = run(tmp_path / "source", data_dir, max_steps=4, save_steps=4, eval_steps=4)
+    calls = {"n": 0}
+    forward = modeling_gpt2.GPT2MLP.forward  # inside the checkpointed block, so recomputation calls it again
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_gpt2.GPT2MLP, "forward", counted)
+    settings = dict(max_steps=2, save_steps=2, eval_steps=2, init_from=str(tmp_path / "source"), eval_on_start=True)
+    plain = run(tmp_path / "plain", data_dir, **settings)
+    plain_calls, calls["n"] = calls["n"], 0
+    checkpointed = run(tmp_path / "checkpointed", data_dir, gradient_checkpointing=True, **settings)
+    # The source's weights (its step-4 val loss, up to the fresh vocabulary-padding rows), a fresh schedule (LR 0
+    # at the first warmup step again) and fresh data order.
+    assert plain[0]["step"] == 0 and plain[0]["val_loss"] == pytest.approx(source[-1]["val_loss"], abs=2e-3)
+    assert plain[1]["lr"] == 0.0 and plain[1]["tokens"] == 256
+    # Checkpointing recomputes each block in the backward pass: one more MLP call per layer per training
+    # micro-batch (2 layers x 2 steps x 2 micro-batches); evaluation (no gradients) runs as before.
+    assert calls["n"] - plain_calls == 2 * 2 * 2
+    for a, b in zip(plain, checkpointed, strict=True):
+        assert a.get("loss", 0) == pytest.approx(b.get("loss", 0), rel=1e-5)
+        assert a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)  # and the same numbers
+    with pytest.raises(ConfigError, match=r"(?s)does not fit the model.*transformer.h.0.*--model_config"):
+        run(tmp_path / "mismatch", data_dir, model_config="small", seq_len=32, init_from=str(tmp_path / "source"))
 
 
 # ---- bad configurations fail early with a message that says what to do ----

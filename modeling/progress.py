@@ -1,0 +1,122 @@
+"""Progress for long work: a tqdm bar where a person watches (a terminal), a periodic one-line status elsewhere.
+
+A tqdm bar redraws itself with carriage returns; in a log file or a CI page every redraw is a frame, thousands of
+them glued into one line. So ``bar()`` asks tqdm's own terminal detection (``disable=None``) and, when the stream
+is not a terminal, returns a ``StatusLines`` with the same interface that prints a plain line every
+``GPT2_PROGRESS_INTERVAL`` seconds (default 30) and one at the end:
+
+    HellaSwag: 4,096/10,042 examples (41%) | 85.2 examples/s | elapsed 00:48 | ETA 01:09
+
+``quiet_library_bars()`` turns off the loading/saving bars of datasets and transformers in the same case.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Iterable, TextIO
+
+from tqdm.auto import tqdm
+
+DEFAULT_INTERVAL = 30.0
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def status_interval() -> float:
+    return float(os.environ.get("GPT2_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
+
+
+class StatusLines:
+    """The part of tqdm's interface our loops use, printed as one line every ``interval`` seconds."""
+
+    def __init__(self, iterable: Iterable | None = None, total: float | None = None, desc: str = "", unit: str = "it",
+                 initial: float = 0, interval: float | None = None, file: TextIO | None = None, **_ignored):
+        self.iterable, self.desc, self.unit = iterable, desc, unit
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.n = self.initial = initial
+        self.interval = status_interval() if interval is None else interval
+        self.file = file
+        self.postfix = ""
+        self.disable = False
+        self.start = self.last_print = time.monotonic()
+        self.closed = False
+        self._lock = threading.Lock()  # updated from worker threads too (verify.py's pool)
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self.total or 0)
+
+    def update(self, n: float = 1) -> None:
+        with self._lock:
+            self.n += n
+            now = time.monotonic()
+            if now - self.last_print >= self.interval:
+                self.last_print = now
+                self._print(now)
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        self.desc = desc or ""
+
+    def refresh(self) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        print(text, file=self.file or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._print(time.monotonic())
+
+    def _print(self, now: float) -> None:
+        elapsed = now - self.start
+        done = self.n - self.initial
+        rate = done / elapsed if elapsed > 0 else 0.0
+        count = f"{self.n:,.0f}" + (f"/{self.total:,.0f} {self.unit} ({self.n / self.total:.0%})" if self.total else f" {self.unit}")
+        parts = [f"{self.desc}: {count}" if self.desc else count, f"{rate:,.1f} {self.unit}/s",
+                 f"elapsed {tqdm.format_interval(elapsed)}"]
+        if self.total and rate > 0 and self.n < self.total:
+            parts.append(f"ETA {tqdm.format_interval((self.total - self.n) / rate)}")
+        if self.postfix:
+            parts.append(self.postfix)
+        print(" | ".join(parts), file=self.file or sys.stderr, flush=True)
+
+
+def bar(iterable: Iterable | None = None, *, enabled: bool = True, force_bar: bool = False, **kwargs):
+    """A tqdm bar on a terminal (or with ``force_bar``), a ``StatusLines`` elsewhere; nothing when not ``enabled``."""
+    if not enabled:
+        return tqdm(iterable, disable=True, **kwargs)
+    progress = tqdm(iterable, disable=False if force_bar else None, **kwargs)  # None: tqdm's own TTY detection
+    if not progress.disable:
+        return progress
+    progress.close()
+    return StatusLines(iterable, **kwargs)
+
+
+def quiet_library_bars(force: bool = False) -> None:
+    """No loading/saving bars from datasets and transformers ("Writing model shards", "Loading weights") when
+    stderr is not a terminal (or with ``force``): in a log each is a string of carriage-return frames."""
+    if force or not is_terminal():
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()

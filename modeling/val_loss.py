@@ -1,0 +1,109 @@
+"""Val loss of any causal LM on a shard folder, over exactly the windows train_hf.py evaluates.
+
+The val set is the first ``eval_batches x batch_size`` (T+1)-token windows of the ``val_*.bin`` shards, whatever
+the number of processes; process ``i`` of ``world`` takes windows ``i, i + world, ...``, and the loss is summed
+over tokens and processes. So the number is the same on 1 or N processes, and the same as a training run's
+``val_loss`` with those settings: OpenAI's GPT-2 (``gpt2`` on the Hub) lands on the same curve as our run.
+
+    python eval_loss.py --model runs/x/checkpoint-19073 --data_dir data/fineweb-edu-10BT
+    python eval_loss.py --model gpt2 --like runs/x          # the run's data_dir, seq_len, batch size, eval_batches
+    accelerate launch --config_file configs/accelerate/multi-gpu.yaml eval_loss.py --model gpt2 --like runs/x
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from modeling.config import ConfigError, TrainingConfig
+from modeling.data import TokenWindows
+
+_DEFAULTS = {f: TrainingConfig.__dataclass_fields__[f].default
+             for f in ("seq_len", "per_device_train_batch_size", "eval_batches")}
+
+
+def val_loader(data_dir: str | Path, seq_len: int, batch_size: int, eval_batches: int, process_index: int = 0,
+               num_processes: int = 1, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """This process's share of the val set: windows ``process_index::num_processes`` of the first
+    ``eval_batches x batch_size`` windows, in batches of ``batch_size`` (B, T+1)."""
+    val_data = TokenWindows(data_dir, "val", seq_len)
+    n_val = min(len(val_data), eval_batches * batch_size)
+    share = Subset(val_data, range(process_index, n_val, num_processes))
+    return DataLoader(share, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
+
+@dataclass
+class ValLossArguments:
+    model: str = field(metadata={"help": "A Transformers causal-LM folder (one of our checkpoint-N, or a training "
+                                         "output_dir: its newest checkpoint) or a Hub id such as gpt2."})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "Folder of val_*.bin shards (prepare_data.py); "
+                                                                    "default: the --like run's data_dir."})
+    like: Optional[str] = field(default=None, metadata={
+        "help": "A training output_dir or checkpoint-N of ours: take data_dir, seq_len, per_device_train_batch_size "
+                "and eval_batches from its run_config.json (flags given here still win)."})
+    seq_len: Optional[int] = field(default=None, metadata={"help": f"Tokens per window (default {_DEFAULTS['seq_len']})."})
+    per_device_train_batch_size: Optional[int] = field(default=None, metadata={
+        "help": f"Windows per val batch, as in training (default {_DEFAULTS['per_device_train_batch_size']})."})
+    eval_batches: Optional[int] = field(default=None, metadata={
+        "help": f"Val batches shared by all processes, as in training (default {_DEFAULTS['eval_batches']})."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (as a bf16 training run evaluates)."})
+    output: Optional[str] = field(default=None, metadata={"help": "Write the result as JSON here."})
+
+
+def _run_config(like: str) -> dict:
+    from modeling import checkpoint as ckpt
+
+    path = Path(like)
+    if path.is_dir() and not (path / ckpt.STATE_DIR).is_dir():
+        found = ckpt.list_checkpoints(path)
+        if (path / "run_config.json").is_file():
+            return json.loads((path / "run_config.json").read_text())
+        if not found:
+            raise ConfigError(f"--like {like}: neither a checkpoint-N folder nor a training output_dir with checkpoints.")
+        path = found[-1][1]
+    if not (path / ckpt.STATE_DIR / ckpt.RUN_CONFIG).is_file():
+        raise ConfigError(f"--like {like}: no {ckpt.STATE_DIR}/{ckpt.RUN_CONFIG}; pass a checkpoint of train_hf.py.")
+    return ckpt.read_run_config(path)
+
+
+def resolve_settings(args: ValLossArguments) -> dict:
+    """data_dir, seq_len, batch size and eval_batches: flags, then the --like run, then TrainingConfig's defaults."""
+    borrowed = _run_config(args.like)["config"] if args.like else {}
+    settings = {}
+    for name in ("data_dir", *_DEFAULTS):
+        value = getattr(args, name)
+        settings[name] = value if value is not None else borrowed.get(name, _DEFAULTS.get(name))
+    if settings["data_dir"] is None:
+        raise ConfigError("Pass --data_dir (a folder of val_*.bin shards) or --like RUN_DIR.")
+    return settings
+
+
+def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dict:
+    """Mean next-token loss over the val windows, with the trainer's own evaluate_loss."""
+    from modeling.trainer import evaluate_loss
+
+    from modeling.shards import load_manifest
+
+    n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if n_positions is not None and settings["seq_len"] > n_positions:
+        raise ConfigError(f"seq_len {settings['seq_len']} is longer than the model's context ({n_positions}); "
+                          "pass a smaller --seq_len.")
+    manifest = load_manifest(settings["data_dir"])
+    if manifest is not None and manifest["identity"]["tokenizer"]["vocab_size"] > model.config.vocab_size:
+        raise ConfigError(f"{settings['data_dir']}: the shards use a {manifest['identity']['tokenizer']['vocab_size']:,}"
+                          f"-token vocabulary but the model has vocab_size {model.config.vocab_size:,}.")
+    loader = val_loader(settings["data_dir"], settings["seq_len"], settings["per_device_train_batch_size"],
+                        settings["eval_batches"], accelerator.process_index, accelerator.num_processes,
+                        pin_memory=accelerator.device.type == "cuda")
+    windows = min(len(loader.dataset.dataset), settings["eval_batches"] * settings["per_device_train_batch_size"])
+    started = time.perf_counter()
+    with accelerator.autocast():
+        loss = evaluate_loss(model, loader, accelerator)
+    return {"val_loss": loss, "windows": windows, "tokens": windows * settings["seq_len"],
+            "seconds": time.perf_counter() - started, "processes": accelerator.num_processes, **settings}
