@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -478,8 +479,11 @@ def finish_run(output_dir: str | Path, checkpoint: str | Path | None) -> list[Pa
     written = []
     try:
         if checkpoint is not None:
-            written += write_plots(RunFacts(checkpoint, output_dir), output_dir)
             written += write_report(checkpoint, output_dir=output_dir)
+            for name in PLOTS:  # the run's plots are the final checkpoint's: drawn once, copied
+                if (Path(checkpoint) / name).is_file():
+                    shutil.copy2(Path(checkpoint) / name, Path(output_dir) / name)
+                    written.append(Path(output_dir) / name)
     except Exception as e:  # noqa: BLE001
         print(f"warning: could not write the plots and model card ({type(e).__name__}: {e}); the checkpoint is "
               f"complete. Retry with: python -m modeling.report {output_dir}", file=sys.stderr)

@@ -179,10 +179,9 @@ def test_a_dry_run_folder_loads_by_repo_id_offline(tiny_run, tmp_path, monkeypat
     from lm_eval.__main__ import cli_evaluate
 
     import eval_hellaswag
-    from modeling.harness import write_task_dir
+    from modeling.harness import TASKS_DIR
 
     results = tmp_path / "hellaswag.json"
-    task_dir = write_task_dir(tmp_path / "tasks", str(HELLASWAG_FILE))
     try:
         monkeypatch.setattr(sys, "argv", ["eval_hellaswag.py", "--model", "someone/tiny-gpt2", "--data",
                                           str(HELLASWAG_FILE), "--limit", "3", "--output", str(results)])
@@ -190,7 +189,8 @@ def test_a_dry_run_folder_loads_by_repo_id_offline(tiny_run, tmp_path, monkeypat
         AcceleratorState._reset_state(reset_partial_state=True)
         monkeypatch.setattr(sys, "argv", ["lm_eval", "--model", "hf", "--model_args",
                                           "pretrained=someone/tiny-gpt2,dtype=float32", "--tasks", "hellaswag_local",
-                                          "--include_path", str(task_dir), "--limit", "3", "--device", "cpu",
+                                          "--include_path", str(TASKS_DIR), "--metadata",
+                                          f"hellaswag_data={HELLASWAG_FILE}", "--limit", "3", "--device", "cpu",
                                           "--batch_size", "4", "--output_path", str(tmp_path / "lm_eval")])
         cli_evaluate()
     finally:  # lm-eval's model makes an Accelerator, whose settings are process-wide
