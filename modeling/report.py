@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -90,15 +89,9 @@ def describe_hardware(device) -> dict:
 
     if device.type == "cuda":
         return {"device": "cuda", "name": torch.cuda.get_device_name(device), "visible_gpus": torch.cuda.device_count()}
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"device": device.type, "name": name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    from modeling.run_record import cpu_model
+
+    return {"device": device.type, "name": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 class RunInfo:
@@ -114,16 +107,14 @@ class RunInfo:
     def start(cls, output_dir: str | Path, accelerator, start_step: int, data_dir: str | None = None) -> "RunInfo":
         if not accelerator.is_main_process:
             return cls(output_dir, None)
-        import accelerate
-        import torch
-        import transformers
+        from modeling.run_record import package_versions
 
         session = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "start_step": start_step,
                    "num_processes": accelerator.num_processes, "distributed_type": accelerator.distributed_type.value,
                    "data": _data_source(data_dir),  # kept here: the shards may be gone when the card is written
                    "mixed_precision": accelerator.mixed_precision, "hardware": describe_hardware(accelerator.device),
-                   "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                "accelerate": accelerate.__version__, "python": platform.python_version()},
+                   "versions": {k: v for k, v in package_versions().items()
+                                if k in ("python", "torch", "transformers", "accelerate")},
                    "checkpoints": {}}
         info = cls(output_dir, session)
         old = _read_json(info.path) or {}

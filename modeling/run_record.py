@@ -49,7 +49,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -62,7 +62,7 @@ def _cpu_model() -> str:
 def hardware(accelerator=None) -> dict:
     import torch
 
-    info = {"host": platform.node(), "platform": platform.platform(), "cpu": _cpu_model(),
+    info = {"host": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
