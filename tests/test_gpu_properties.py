@@ -147,8 +147,10 @@ def test_fsdp2_on_two_cpu_processes_logs_the_global_grad_norm_under_bf16(tmp_pat
                              "train_hf.py", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     fsdp = read_metrics(tmp_path / "fsdp")
-    single = run(tmp_path / "single", data_dir, max_steps=3, eval_steps=3, save_steps=3, bf16=True)
-    for a, b in zip(single, fsdp, strict=True):
+    single = run(tmp_path / "single", data_dir, max_steps=3, eval_steps=3, save_steps=3, bf16=True, eval_on_start=True)
+    assert [m["step"] for m in fsdp] == [m["step"] for m in single] == [0, 1, 2, 3]  # step 0: val loss before training
+    assert fsdp[0]["val_loss"] == pytest.approx(single[0]["val_loss"], rel=2e-3)
+    for a, b in zip(single[1:], fsdp[1:], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-3) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=2e-2)
     assert fsdp[-1]["val_loss"] == pytest.approx(single[-1]["val_loss"], rel=2e-3)
     from transformers import AutoModelForCausalLM
