@@ -465,8 +465,11 @@ def train(config: TrainingConfig) -> dict:
     run_info.finish(state.step)
     if accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
         finish_run(output_dir, ckpt.find_checkpoint(output_dir, "latest"))
-    # A last barrier (its tensors are gloo's own): ending right after a collective on one of our tensors can
-    # deadlock the process group's teardown, whose worker thread still needs the GIL to release that tensor.
+    # Tearing the process group down (when the DDP module is freed) joins gloo's worker threads while holding the
+    # GIL; a worker still releasing the last collective's Python tensors needs the GIL too: a deadlock at exit,
+    # seen in 2-process runs. A last barrier, then a moment without the GIL, lets the workers finish first.
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        time.sleep(0.5)
     accelerator.end_training()  # also destroys the process group
     return record
