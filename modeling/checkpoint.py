@@ -32,6 +32,7 @@ import torch
 
 from modeling.config import ConfigError
 from modeling.model import export_model
+from modeling.shards import fsync_path
 
 STATE_DIR = "training_state"
 RUN_CONFIG = "run_config.json"
@@ -146,19 +147,11 @@ def clean_leftovers(output_dir: Path, log=print) -> None:
             log(f"removed {path} (left by an interrupted save or delete)")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _mark_complete(folder: Path, step: int) -> None:
     """fsync every file of ``folder``, then write the marker listing them (and fsync it and the folders)."""
     files = {}
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        _fsync(file)
+        fsync_path(file)
         files[str(file.relative_to(folder))] = file.stat().st_size
     marker = folder / STATE_DIR / MARKER
     with open(marker, "w") as f:
@@ -166,7 +159,7 @@ def _mark_complete(folder: Path, step: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     for directory in {folder, folder / STATE_DIR}:
-        _fsync(directory)
+        fsync_path(directory)
 
 
 def all_ok(accelerator, ok: bool) -> bool:
@@ -216,7 +209,7 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
             _mark_complete(tmp, step)
             remove(final)  # the same step saved by an earlier, abandoned attempt
             tmp.rename(final)
-            _fsync(output_dir)
+            fsync_path(output_dir)
             rotate_checkpoints(output_dir, save_total_limit, keep_also=final)
         except OSError as e:
             error = e

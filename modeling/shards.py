@@ -73,8 +73,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder (a folder: so a rename in it is on disk)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -114,7 +115,7 @@ class ShardFile:
         self._file.close()
         digest = sha256_file(self.tmp_path)
         os.replace(self.tmp_path, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         return digest
 
     def abort(self) -> None:
