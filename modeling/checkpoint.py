@@ -75,6 +75,12 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return [(step, path) for step, path in _named(Path(output_dir)) if incomplete_reason(path) is None]
 
 
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``output_dir``, or None."""
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
 def incomplete_checkpoints(output_dir: str | Path) -> list[tuple[Path, str]]:
     """Folders named ``checkpoint-N`` that are not complete checkpoints, with the reason."""
     return [(path, reason) for _, path in _named(Path(output_dir)) if (reason := incomplete_reason(path))]
@@ -88,8 +94,7 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, 
     if resume_from_checkpoint == "latest":
         for path, reason in incomplete_checkpoints(output_dir):
             log(f"skipping {path}: not a complete checkpoint ({reason})")
-        found = list_checkpoints(output_dir)
-        return found[-1][1] if found else None
+        return newest_checkpoint(output_dir)
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise ConfigError(f"--resume_from_checkpoint {path}: no such folder. Pass a checkpoint-N folder or 'latest'.")
@@ -221,8 +226,8 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
 
 
 def _save_error_message(error: OSError | None, final: Path, output_dir: Path, model) -> str:
-    previous = list_checkpoints(output_dir)
-    kept = f"The newest complete checkpoint is {previous[-1][1]}." if previous else "There is no complete checkpoint yet."
+    previous = newest_checkpoint(output_dir)
+    kept = f"The newest complete checkpoint is {previous}." if previous else "There is no complete checkpoint yet."
     if error is None:
         return f"Saving {final} failed on another process (see its error). Nothing was left half-written. {kept}"
     what = f"Saving {final} failed: {error.strerror or error}."

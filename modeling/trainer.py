@@ -344,8 +344,7 @@ def train(config: TrainingConfig) -> dict:
     def save() -> Path:
         local_ok = all(bool(torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in model.parameters())
         if not ckpt.all_ok(accelerator, local_ok):  # an update blew the weights up: never save them
-            found = ckpt.list_checkpoints(output_dir)
-            raise TrainingStopped(nonfinite_message(state.step, float("nan"), None, found[-1][1] if found else None,
+            raise TrainingStopped(nonfinite_message(state.step, float("nan"), None, ckpt.newest_checkpoint(output_dir),
                                                     state.skipped_steps, config.skip_nonfinite_steps))
         saved = ckpt.save_checkpoint(accelerator, prepared, output_dir, state.step, model_config, tokenizer, run_config,
                                      state.state_dict(), config.save_total_limit)
@@ -402,8 +401,7 @@ def train(config: TrainingConfig) -> dict:
             metrics.write({"step": state.step + 1, "loss": loss if math.isfinite(loss) else None, "skipped": True,
                            "tokens": state.tokens_seen})
             return
-        found = ckpt.list_checkpoints(output_dir)
-        raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, found[-1][1] if found else None,
+        raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, ckpt.newest_checkpoint(output_dir),
                                                 state.skipped_steps, config.skip_nonfinite_steps))
 
     # max_grad_norm 0 means no clipping; the norm is still computed (an infinite bound scales nothing) and logged.
