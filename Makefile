@@ -32,7 +32,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install "$(TORCH_SPEC)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,deepspeed]"  # deepspeed: its CPU test runs ZeRO-2 on 2 processes
 	touch $@
 
 # The main job end to end on the CPU demo recipe, in a few minutes: prepare 2M tokens -> train the tiny preset

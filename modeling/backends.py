@@ -4,8 +4,11 @@ host syncs, FSDP2's mixed-precision policy, DeepSpeed's gradient clipping, and a
 
 from __future__ import annotations
 
+import os
+
 import torch
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType
+from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType,
+                             InitProcessGroupKwargs)
 
 from modeling.config import ConfigError
 
@@ -15,11 +18,21 @@ from modeling.config import ConfigError
 DDP_BUCKET_CAP_MB = 100
 
 
-def accelerator_kwargs() -> dict:
-    """Keyword arguments for ``Accelerator(...)``."""
+def accelerator_kwargs(launched: int) -> dict:
+    """Keyword arguments for ``Accelerator(...)`` in a run of ``launched`` processes."""
+    handlers = [DistributedDataParallelKwargs(bucket_cap_mb=DDP_BUCKET_CAP_MB, gradient_as_bucket_view=True)]
+    on_cpus = not torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
+    if on_cpus and deepspeed:
+        # accelerate finds no device backend on CPUs: DeepSpeed would start one process group per process. gloo joins
+        # them (DeepSpeed's own CPU accelerator runs the ZeRO collectives over it).
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     return {
+        # Several processes and no GPU: DDP over gloo on the CPU (otherwise each process would train alone). Not for
+        # DeepSpeed: accelerate's cpu=True ignores the DeepSpeed launch and would silently run DDP instead.
+        "cpu": launched > 1 and on_cpus and not deepspeed,
         # gradient_as_bucket_view: gradients live in DDP's buckets (no second 500 MB copy, no copy per step).
-        "kwargs_handlers": [DistributedDataParallelKwargs(bucket_cap_mb=DDP_BUCKET_CAP_MB, gradient_as_bucket_view=True)],
+        "kwargs_handlers": handlers,
         # Batches go host->GPU with non_blocking=True (from pinned memory): the copy overlaps the previous step.
         "dataloader_config": DataLoaderConfiguration(non_blocking=True),
     }

@@ -238,8 +238,6 @@ def train(config: TrainingConfig) -> dict:
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
     quiet_library_bars()  # no "Writing model shards" frames in a log file
     accelerator = Accelerator(
-        # Several processes and no GPU: DDP over gloo on the CPU (otherwise each process would train alone).
-        cpu=launched > 1 and not torch.cuda.is_available(),
         mixed_precision="bf16" if config.bf16 else "no",
         # We call scheduler.step() once per optimizer step ourselves; accelerate would step it once per process.
         step_scheduler_with_optimizer=False,
@@ -248,7 +246,7 @@ def train(config: TrainingConfig) -> dict:
         dynamo_backend="inductor" if config.compile else None,
         log_with=config.trackers or None,
         project_dir=config.output_dir,
-        **accelerator_kwargs(),  # DDP buckets, non-blocking batch copies
+        **accelerator_kwargs(launched),  # CPU runs over gloo, DDP buckets, non-blocking batch copies
     )
     if accelerator.num_processes != launched:
         raise ConfigError(f"{launched} processes were launched but they did not form one group "

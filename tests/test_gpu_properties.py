@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from conftest import HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, read_metrics, run
 
@@ -153,9 +154,49 @@ def test_fsdp2_on_two_cpu_processes_logs_the_global_grad_norm_under_bf16(tmp_pat
     for a, b in zip(single[1:], fsdp[1:], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-3) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=2e-2)
     assert fsdp[-1]["val_loss"] == pytest.approx(single[-1]["val_loss"], rel=2e-3)
-    from transformers import AutoModelForCausalLM
-
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp/checkpoint-3")
+    assert exported.dtype == torch.float32 and exported.config.vocab_size == 50257
+
+
+def test_deepspeed_zero2_on_two_cpu_processes_shards_the_optimizer_and_resumes_exactly(tmp_path, data_dir):
+    # The shipped ZeRO-2 path on CPUs (cpu-deepspeed.yaml): a run that dies at step 6 (checkpoint 3) and its resume.
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install or pip install -e '.[deepspeed]')")
+    args = ["--data_dir", data_dir, "--model_config", "tiny", "--seq_len", 32, "--per_device_train_batch_size", 4,
+            "--total_batch_size", 256, "--max_steps", 6, "--warmup_steps", 1, "--learning_rate", 3e-3,
+            "--min_lr", 3e-4, "--bf16", "true", "--eval_steps", 3, "--eval_batches", 2, "--num_samples", 0,
+            "--save_steps", 3, "--report_to", "none", "--output_dir", tmp_path / "ds"]
+
+    def launch(*script_and_args):
+        return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                               str(ROOT / "configs/accelerate/cpu-deepspeed.yaml"), "--main_process_port",
+                               str(free_port()), *map(str, script_and_args)],
+                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+
+    died = launch("tests/inject_fault.py", "raise", 1, 6, *args)
+    assert died.returncode != 0 and "injected failure at step 6" in died.stderr, died.stderr[-3000:]
+    before = read_metrics(tmp_path / "ds")
+    assert [m["step"] for m in before] == [0, 1, 2, 3, 4, 5]
+    environment = json.loads((tmp_path / "ds/run_config.json").read_text())["environment"]["hardware"]
+    assert environment["distributed_type"] == "DistributedType.DEEPSPEED" and environment["num_processes"] == 2
+    # ZeRO-2: each process holds the Adam moments and fp32 master weights of half the parameters (12 bytes each).
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tmp_path / "ds/checkpoint-3").parameters())
+    shards = sorted((tmp_path / "ds/checkpoint-3/training_state").rglob("*zero_pp_rank_*_optim_states.pt"))
+    assert [p.name.split("zero_pp_rank_")[1][0] for p in shards] == ["0", "1"], shards
+    assert all(0.45 * 12 * n_params < p.stat().st_size < 0.6 * 12 * n_params for p in shards)
+
+    resumed = launch("train_hf.py", *args, "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = read_metrics(tmp_path / "ds")
+    assert [m["step"] for m in after] == [0, 1, 2, 3, 4, 5, 6]
+    # Steps 4 and 5 again: the same data, weights and optimizer moments give the same numbers, not nearly the same.
+    for step in (4, 5):
+        assert (after[step]["loss"], after[step]["grad_norm"]) == (before[step]["loss"], before[step]["grad_norm"])
+
+    # And the same training as one process (bf16 autocast over fp32 weights there, DeepSpeed's bf16 engine here).
+    single = run(tmp_path / "single", data_dir, max_steps=6, bf16=True, eval_on_start=True)
+    for a, b in zip(single[1:], after[1:], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=2e-2)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "ds/checkpoint-6")
     assert exported.dtype == torch.float32 and exported.config.vocab_size == 50257
 
 
