@@ -115,8 +115,10 @@ def quiet_library_bars(force: bool = False) -> None:
     """No loading/saving bars from datasets and transformers ("Writing model shards", "Loading weights") when
     stderr is not a terminal (or with ``force``): in a log each is a string of carriage-return frames."""
     if force or not is_terminal():
-        import datasets
         import transformers
 
-        datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+        else:  # datasets reads it when imported (importing it here would add half a second to every start)
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

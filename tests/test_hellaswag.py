@@ -47,7 +47,7 @@ def _fineweb_tokens(n_tokens: int) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, tokenizer):
-    """A GPT-2 of 2 layers / 64 dims trained 40 AdamW steps on FineWeb-Edu text, saved with its tokenizer."""
+    """A GPT-2 of 2 layers / 64 dims trained 20 AdamW steps on FineWeb-Edu text, saved with its tokenizer."""
     if not FINEWEB_SAMPLE.is_dir():
         pytest.skip(f"needs the FineWeb-Edu sample at {FINEWEB_SAMPLE}")
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -56,9 +56,9 @@ def checkpoint(tmp_path_factory, tokenizer):
     config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=N_POSITIONS, vocab_size=50257,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config)
-    batch, seq, steps = 8, 64, 40
+    batch, seq, steps = 4, 64, 20  # loss 10.85 -> 8.42: scores differ between endings; ~3 s on CPU
     data = _fineweb_tokens(batch * seq * steps + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []
     for step in range(steps):
         chunk = data[step * batch * seq:(step + 1) * batch * seq].view(batch, seq)

@@ -194,25 +194,6 @@ def test_resume_refuses_a_layout_that_cannot_reach_the_saved_position(tmp_path, 
         run(tmp_path / "run", epoch_data_dir, resume_from_checkpoint="latest", per_device_train_batch_size=8, **settings)
 
 
-def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, data_dir):
-    common = ["--data_dir", str(data_dir), "--model_config", "tiny", "--seq_len", "32", "--per_device_train_batch_size",
-              "4", "--total_batch_size", "256", "--max_steps", "4", "--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4",
-              "--bf16", "false", "--eval_steps", "2", "--eval_batches", "2", "--num_samples", "0", "--save_steps", "4",
-              "--report_to", "none"]
-    ddp_run = launch_cpu_ddp(["train_hf.py", *common, "--output_dir", str(tmp_path / "ddp")])
-    assert ddp_run.returncode == 0, ddp_run.stderr[-3000:]
-    single = run(tmp_path / "single", data_dir, max_steps=4, eval_steps=2, save_steps=4, eval_on_start=True)
-    ddp = read_metrics(tmp_path / "ddp")
-    config = json.loads((tmp_path / "ddp/checkpoint-4/training_state/run_config.json").read_text())
-    assert config["num_processes"] == 2 and config["gradient_accumulation_steps"] == 1
-    assert json.loads((tmp_path / "single/checkpoint-4/training_state/run_config.json").read_text())[
-        "gradient_accumulation_steps"] == 2
-    for a, b in zip(single, ddp, strict=True):
-        assert a["step"] == b["step"] and a.get("loss", 0) == pytest.approx(b.get("loss", 0), rel=1e-5)
-        assert a.get("grad_norm", 0) == pytest.approx(b.get("grad_norm", 0), rel=1e-4)
-        assert ("val_loss" in a) == ("val_loss" in b) and a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)
-
-
 def test_a_gradient_norm_the_backend_does_not_report_is_logged_as_null(tmp_path, data_dir, monkeypatch):
     # DeepSpeed clips inside its own step; accelerate then has no norm to return on the first step (None).
     from accelerate import Accelerator
@@ -267,7 +248,9 @@ def test_two_machines_train_together_and_eval_loss_agrees_on_any_process_count(t
     assert [m["step"] for m in two] == [0, 1, 2, 3, 4]
     for a, b in zip(single, two, strict=True):
         assert a["step"] == b["step"] and a.get("loss", 0) == pytest.approx(b.get("loss", 0), rel=1e-5)
-        assert a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)
+        assert a.get("grad_norm", 0) == pytest.approx(b.get("grad_norm", 0), rel=1e-4)
+        assert ("val_loss" in a) == ("val_loss" in b) and a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), rel=1e-5)
+    assert json.loads((tmp_path / "single/run_config.json").read_text())["gradient_accumulation_steps"] == 2
     record = json.loads((out / "run_config.json").read_text())
     hardware = record["environment"]["hardware"]
     assert (hardware["num_machines"], hardware["num_processes"], record["gradient_accumulation_steps"]) == (2, 2, 1)
