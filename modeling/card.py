@@ -28,11 +28,19 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
-def _hardware_text(session: dict) -> str:
+def _hardware(session: dict) -> dict:
+    """A session's hardware record (run_record.hardware); run_info.json written before it was shared is mapped."""
     hw = session["hardware"]
-    if hw.get("device") == "cuda":
-        return f"{hw['name']} (CUDA)"
-    return f"{hw['name']} CPU, {hw.get('cores')} cores"
+    if "cpu_count" in hw:
+        return hw
+    old = {"gpus": [hw["name"]]} if hw.get("device") == "cuda" else {"cpu": hw.get("name"), "cpu_count": hw.get("cores")}
+    return {**old, "num_processes": session.get("num_processes"), "distributed_type": session.get("distributed_type")}
+
+
+def _hardware_text(hw: dict) -> str:
+    if hw.get("gpus"):  # one GPU per process
+        return f"{hw['num_processes']} x {hw['gpus'][0]} (CUDA {hw.get('cuda')})"
+    return f"{hw['cpu']} CPU, {hw['cpu_count']} cores"
 
 
 def _pct(x: float) -> str:
@@ -118,6 +126,10 @@ def _training(facts: RunFacts) -> list[str]:
     if not facts.is_training_run:
         return []
     c, rc, tokens, tps = facts.config, facts.run_config, facts.tokens_seen(), facts.tokens_per_step()
+    backend = rc.get("environment", {}).get("hardware", {}).get("distributed_type")
+    bf16 = ("bf16 (DeepSpeed: bf16 module weights, fp32 master weights and optimizer state)"
+            if str(backend).endswith("DEEPSPEED")  # older run_config.json files: "DistributedType.DEEPSPEED"
+            else "bf16 autocast, fp32 weights and optimizer state")
     rows = [("data", facts.data["text"] if facts.data else None),
             ("tokens seen", f"{tokens:,}" if tokens else None),
             ("steps", f"{facts.step:,} of {c['max_steps']:,}" if facts.step else None),
@@ -128,17 +140,18 @@ def _training(facts: RunFacts) -> list[str]:
                           f"weight decay {c['weight_decay']} on 2-D weights only, gradient clipping at {c['max_grad_norm']}"),
             ("schedule", f"linear warmup over {c['warmup_steps']:,} steps to {c['learning_rate']:g}, cosine decay to "
                          f"{c['min_lr']:g} at step {c['max_steps']:,}"),
-            ("precision", ("bf16 autocast, fp32 weights and optimizer state" if c.get("bf16") else "fp32")
+            ("precision", (bf16 if c.get("bf16") else "fp32")
                           + (", `torch.compile`" if c.get("compile") else "")),
             ("vocabulary while training", f"padded to a multiple of {c['pad_vocab_to_multiple_of']} (saved trimmed)"
              if c.get("pad_vocab_to_multiple_of", 1) > 1 else None),
             ("seed", c.get("seed"))]
     session = facts.session_for_step()
     if session:
-        rows.append(("hardware", _hardware_text(session)))
-        kind = {"NO": "single process", "MULTI_CPU": "DDP over gloo", "MULTI_GPU": "DDP"}.get(
-            session["distributed_type"], session["distributed_type"])
-        rows.append(("processes", f"{session['num_processes']} ({kind})"))
+        hw = _hardware(session)
+        rows.append(("hardware", _hardware_text(hw)))
+        kind = {"NO": "single process", "MULTI_CPU": "DDP over gloo", "MULTI_GPU": "DDP", "FSDP": "FSDP2",
+                "DEEPSPEED": "DeepSpeed"}.get(hw["distributed_type"], hw["distributed_type"])
+        rows.append(("processes", f"{hw['num_processes']} ({kind})"))
         rows.append(("software", ", ".join(f"{k} {v}" for k, v in session["versions"].items())))
     wall = wall_time_to(facts.sessions, facts.step) if facts.step else None
     if wall is not None:
@@ -150,7 +163,7 @@ def _training(facts: RunFacts) -> list[str]:
                                    "logged steps, the first excluded; evaluation time not counted)"))
         if "mfu" in speed:
             basis = (f"of the given peak {c['peak_flops']:g} FLOP/s" if c.get("peak_flops") else
-                     "of the GPU's bf16 dense peak" if session and session["hardware"].get("device") == "cuda" else
+                     "of the GPU's bf16 dense peak" if session and _hardware(session).get("gpus") else
                      "of the matmul throughput measured on this CPU at start-up")
             rows.append(("MFU", f"{speed['mfu']:.1%} ({basis}; 6N + attention FLOPs per token)"))
     return ["## Training (as run)", ""] + _table(rows)

@@ -44,13 +44,13 @@ def check_checkpoint(folder: str | Path) -> Path:
     """``folder`` if it is a complete Transformers checkpoint, else a HubError listing what is missing.
 
     A training ``output_dir`` stands for its newest checkpoint."""
-    from modeling.checkpoint import STATE_DIR, incomplete_reason, list_checkpoints
+    from modeling.checkpoint import STATE_DIR, incomplete_reason, newest_checkpoint
 
     folder = Path(folder)
     if not folder.is_dir():
         raise HubError(f"{folder} is not a folder. Pass a checkpoint-N folder (or a training output_dir).")
-    if not (folder / "config.json").exists() and (found := list_checkpoints(folder)):
-        folder = found[-1][1]
+    if not (folder / "config.json").exists() and (newest := newest_checkpoint(folder)):
+        folder = newest
     if folder.name.endswith(".tmp"):
         raise HubError(f"{folder} is a checkpoint still being written (or abandoned by a crash); push a finished "
                        f"checkpoint-N folder.")

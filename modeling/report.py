@@ -83,17 +83,6 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 # run_info.json: hardware and wall time, which metrics.jsonl does not hold
 
 
-def describe_hardware(device) -> dict:
-    """The device a process trains on, in words a reader of the card understands."""
-    import torch
-
-    if device.type == "cuda":
-        return {"device": "cuda", "name": torch.cuda.get_device_name(device), "visible_gpus": torch.cuda.device_count()}
-    from modeling.run_record import cpu_model
-
-    return {"device": device.type, "name": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-
-
 class RunInfo:
     """``output_dir/run_info.json``: one entry per training session (a launch of train_hf.py): when it started,
     on what, from which step, and the wall time at which it saved each checkpoint. A pre-empted run resumed
@@ -107,12 +96,11 @@ class RunInfo:
     def start(cls, output_dir: str | Path, accelerator, start_step: int, data_dir: str | None = None) -> "RunInfo":
         if not accelerator.is_main_process:
             return cls(output_dir, None)
-        from modeling.run_record import package_versions
+        from modeling.run_record import hardware, package_versions
 
         session = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "start_step": start_step,
-                   "num_processes": accelerator.num_processes, "distributed_type": accelerator.distributed_type.value,
                    "data": _data_source(data_dir),  # kept here: the shards may be gone when the card is written
-                   "mixed_precision": accelerator.mixed_precision, "hardware": describe_hardware(accelerator.device),
+                   "hardware": hardware(accelerator),  # machine, processes, backend, precision (as run_config.json)
                    "versions": {k: v for k, v in package_versions().items()
                                 if k in ("python", "torch", "transformers", "accelerate")},
                    "checkpoints": {}}
@@ -517,12 +505,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default=None, help="Hub id of the training data, for the card's metadata, when it "
                    "was read from local files (e.g. HuggingFaceFW/fineweb-edu)")
     args = p.parse_args(argv)
-    from modeling.checkpoint import list_checkpoints
+    from modeling.checkpoint import newest_checkpoint
 
     output_dir = Path(args.output_dir)
     if not (output_dir / METRICS).is_file():
         sys.exit(f"modeling.report: error: {output_dir / METRICS} does not exist; pass a training output_dir")
-    checkpoint = Path(args.checkpoint) if args.checkpoint else (list_checkpoints(output_dir) or [(None, None)])[-1][1]
+    checkpoint = Path(args.checkpoint) if args.checkpoint else newest_checkpoint(output_dir)
     facts = RunFacts(checkpoint, output_dir)
     written = write_plots(facts, output_dir)
     if checkpoint is not None:

@@ -60,6 +60,7 @@ def cpu_model() -> str:
 
 
 def hardware(accelerator=None) -> dict:
+    """The machine, and with ``accelerator`` the launch layout: run_config.json's and run_info.json's record."""
     import torch
 
     info = {"host": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
@@ -74,7 +75,7 @@ def hardware(accelerator=None) -> dict:
     if accelerator is not None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         info.update(num_processes=accelerator.num_processes, num_machines=accelerator.num_processes // max(1, local),
-                    distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
+                    distributed_type=accelerator.distributed_type.value, device=str(accelerator.device),
                     mixed_precision=str(accelerator.mixed_precision))
     return info
 

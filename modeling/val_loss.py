@@ -62,12 +62,11 @@ def _run_config(like: str) -> dict:
 
     path = Path(like)
     if path.is_dir() and not (path / ckpt.STATE_DIR).is_dir():
-        found = ckpt.list_checkpoints(path)
         if (path / "run_config.json").is_file():
             return json.loads((path / "run_config.json").read_text())
-        if not found:
+        if (newest := ckpt.newest_checkpoint(path)) is None:
             raise ConfigError(f"--like {like}: neither a checkpoint-N folder nor a training output_dir with checkpoints.")
-        path = found[-1][1]
+        path = newest
     if not (path / ckpt.STATE_DIR / ckpt.RUN_CONFIG).is_file():
         raise ConfigError(f"--like {like}: no {ckpt.STATE_DIR}/{ckpt.RUN_CONFIG}; pass a checkpoint of train_hf.py.")
     return ckpt.read_run_config(path)

@@ -90,18 +90,23 @@ def read_metrics(output_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def launch_cpu_ddp(script_and_args: list[str], **kwargs):
-    """``accelerate launch`` of a script on 2 CPU processes (DDP over gloo, configs/accelerate/cpu-ddp.yaml) on a
-    free port, so concurrent launches never meet on one. Returns the CompletedProcess (text, captured)."""
+def free_port() -> int:
+    """A TCP port nothing listens on now: each launch gets its own, so concurrent launches never meet on one."""
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def launch_cpu_ddp(script_and_args: list[str], **kwargs):
+    """``accelerate launch`` of a script on 2 CPU processes (DDP over gloo, configs/accelerate/cpu-ddp.yaml) on a
+    free port. Returns the CompletedProcess (text, captured)."""
+    import subprocess
+    import sys
+
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "--main_process_port", str(port),
+                           str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "--main_process_port", str(free_port()),
                            *script_and_args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, **kwargs)
 

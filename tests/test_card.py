@@ -34,12 +34,25 @@ def test_the_final_checkpoints_card_is_built_from_the_runs_files(tiny_run):
     session = json.loads((tiny_run / report.RUN_INFO).read_text())["sessions"][-1]
     assert f"| tokens seen | {last['tokens']:,} |" in text and last["tokens"] == 6 * 128
     assert "128 tokens per optimizer step = 4 sequences x 32 tokens x 1 accumulation x 1 process(es)" in text
-    assert f"| hardware | {session['hardware']['name']} CPU, {session['hardware']['cores']} cores |" in text
+    assert f"| hardware | {session['hardware']['cpu']} CPU, {session['hardware']['cpu_count']} cores |" in text
     assert f"| wall time | {_fmt_seconds(session['checkpoints']['6'])} (training sessions" in text and "| MFU |" in text
     assert f"**Val loss {last['val_loss']:.4f}** at step 6" in text
     assert "29.55%" in text and "31.14%" in text and "33.70%" in text
     assert "![Loss and HellaSwag against steps](eval.png)" in text
     assert 'AutoModelForCausalLM.from_pretrained("path/to/this/folder")' in text and "lm_eval --model hf" in text
+
+
+def test_a_run_info_json_from_before_the_shared_hardware_record_still_gives_a_card(tiny_run, tmp_path):
+    # Sessions written by earlier versions (a run resumed across the upgrade): hardware as {"name", "cores"}.
+    checkpoint = copy_run(tiny_run, tmp_path / "run")
+    info = json.loads((tmp_path / "run" / report.RUN_INFO).read_text())
+    for session in info["sessions"]:
+        hw = session.pop("hardware")
+        session.update(num_processes=hw["num_processes"], distributed_type=hw["distributed_type"],
+                       hardware={"device": "cpu", "name": "Old CPU", "cores": 7, "torch_threads": 7})
+    (tmp_path / "run" / report.RUN_INFO).write_text(json.dumps(info))
+    text = build_model_card(checkpoint).text
+    assert "| hardware | Old CPU CPU, 7 cores |" in text and "| processes | 1 (single process) |" in text
 
 
 def test_a_card_leaves_out_what_the_run_did_not_record(tiny_run, tmp_path):

@@ -4,7 +4,6 @@ in-loop HellaSwag scorer on its fast path under bf16, and the backends' settings
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,15 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import HELLASWAG_FILE, ROOT, free_port, needs_bpe, needs_fineweb, read_metrics, run
 
 pytestmark = [needs_bpe, needs_fineweb]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_probe(prefix, *args):
@@ -177,7 +170,7 @@ def test_deepspeed_zero2_on_two_cpu_processes_shards_the_optimizer_and_resumes_e
     before = read_metrics(tmp_path / "ds")
     assert [m["step"] for m in before] == [0, 1, 2, 3, 4, 5]
     environment = json.loads((tmp_path / "ds/run_config.json").read_text())["environment"]["hardware"]
-    assert environment["distributed_type"] == "DistributedType.DEEPSPEED" and environment["num_processes"] == 2
+    assert environment["distributed_type"] == "DEEPSPEED" and environment["num_processes"] == 2
     # ZeRO-2: each process holds the Adam moments and fp32 master weights of half the parameters (12 bytes each).
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tmp_path / "ds/checkpoint-3").parameters())
     shards = sorted((tmp_path / "ds/checkpoint-3/training_state").rglob("*zero_pp_rank_*_optim_states.pt"))
@@ -198,6 +191,8 @@ def test_deepspeed_zero2_on_two_cpu_processes_shards_the_optimizer_and_resumes_e
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-3) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=2e-2)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "ds/checkpoint-6")
     assert exported.dtype == torch.float32 and exported.config.vocab_size == 50257
+    card = (tmp_path / "ds/checkpoint-6/README.md").read_text()  # the model card says what ran
+    assert "| processes | 2 (DeepSpeed) |" in card and "| precision | bf16 (DeepSpeed: bf16 module weights" in card
 
 
 def test_fsdp_policy_computes_in_bf16_and_reduces_in_fp32():

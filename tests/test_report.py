@@ -33,7 +33,7 @@ def test_training_ends_with_plots_and_run_info(tiny_run):
     session = json.loads((tiny_run / report.RUN_INFO).read_text())["sessions"][-1]
     # the wall time of each checkpoint, as recorded when it was saved
     assert set(session["checkpoints"]) == {"3", "6"} and session["end_step"] == 6 and session["start_step"] == 0
-    assert session["num_processes"] == 1 and session["hardware"]["device"] == "cpu"
+    assert session["hardware"]["num_processes"] == 1 and session["hardware"]["device"] == "cpu"
     assert "translate-fineweb" in session["data"]["text"]  # the source, kept in case the shards are deleted
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (HELLASWAG_FILE, ROOT, TINY, launch_cpu_ddp, needs_bpe, needs_fineweb, needs_hellaswag,
-                      read_metrics, run)
+from conftest import (HELLASWAG_FILE, ROOT, TINY, free_port, launch_cpu_ddp, needs_bpe, needs_fineweb,
+                      needs_hellaswag, read_metrics, run)
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig, parse_training_config
 from modeling.data import NoShardsError
@@ -203,14 +203,6 @@ def test_a_gradient_norm_the_backend_does_not_report_is_logged_as_null(tmp_path,
     assert [m["grad_norm"] for m in metrics] == [None, None]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _reset_accelerate():
     from accelerate.state import AcceleratorState, GradientState
 
@@ -226,7 +218,7 @@ def test_two_machines_train_together_and_eval_loss_agrees_on_any_process_count(t
 
     from modeling.val_loss import ValLossArguments, compute_val_loss, resolve_settings
 
-    out, port = tmp_path / "two-machines", str(_free_port())
+    out, port = tmp_path / "two-machines", str(free_port())
     common = ["--data_dir", str(data_dir), "--model_config", "tiny", "--seq_len", "32", "--per_device_train_batch_size",
               "4", "--total_batch_size", "256", "--max_steps", "4", "--warmup_steps", "1", "--learning_rate", "3e-3",
               "--min_lr", "3e-4", "--bf16", "false", "--eval_steps", "2", "--eval_batches", "2", "--num_samples", "0",
