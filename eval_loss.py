@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     from modeling.checkpoint import resolve_model_dir
+    from modeling.progress import quiet_library_bars
     from modeling.val_loss import compute_val_loss, resolve_settings
+
+    quiet_library_bars()  # in a log: no "Loading weights" bar frames
 
     try:
         settings = resolve_settings(args)

@@ -560,7 +560,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from modeling.progress import quiet_library_bars
+
     args = parse_args(argv)
+    quiet_library_bars()  # in a log: no "Loading weights" / "Writing model shards" bar frames
     try:
         if args.kind == "nanogpt":
             out = convert_nanogpt(args.checkpoint, args.out, n_head=args.n_head, gelu=args.gelu, bpe_dir=args.bpe_dir,

@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         from huggingface_hub import constants
         from transformers import pipeline, set_seed
 
+        from modeling.progress import quiet_library_bars
+
+        quiet_library_bars()  # in a log: no "Loading weights" bar frames
+
         if args.cache_dir and Path(args.cache_dir).resolve() != Path(constants.HF_HUB_CACHE).resolve():
             sys.exit("modeling.hub: error: --generate loads from $HF_HUB_CACHE; set it to --cache-dir instead")
         set_seed(0)

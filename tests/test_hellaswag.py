@@ -501,8 +501,10 @@ def test_cli_both_backends_writes_the_json_contract_and_shows_progress_fit_for_w
     on_terminal = subprocess.Popen(cmd[:-4] + ["--backend", "ours", "--batch_size", "4"], stdin=follower,
                                    stdout=follower, stderr=follower, env=env, close_fds=True)
     os.close(follower)
+    # Bytes, decoded here: text=True would translate every carriage return into a newline.
     proc = subprocess.run(cmd + ["--output", str(out), "--per_example", str(per_example)], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          env=env, timeout=300)
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
     assert proc.returncode == 0, proc.stderr[-3000:]
     # In a log (a pipe): no carriage-return frames from us, lm-eval, datasets or transformers, but status lines
     # (every update here: GPT2_PROGRESS_INTERVAL=0), ours in examples with a rate.
