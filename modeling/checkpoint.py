@@ -107,8 +107,8 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, 
 def resolve_model_dir(path: str | Path) -> str:
     """A Transformers folder as given, or for a run's output_dir its newest complete checkpoint."""
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").exists() and (found := list_checkpoints(path)):
-        return str(found[-1][1])
+    if path.is_dir() and not (path / "config.json").exists() and (newest := newest_checkpoint(path)):
+        return str(newest)
     return str(path)
 
 

@@ -22,6 +22,10 @@ from transformers import HfArgumentParser
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+# What resuming with another max_steps does to the LR schedule (modeling/schedule.py).
+EXTEND_SCHEDULE_CHOICES = ("continue_cosine", "hold_min_lr")
+
+
 class ConfigError(ValueError):
     """A configuration that cannot work; the message says which field and what to do."""
 
@@ -119,7 +123,7 @@ class TrainingConfig:
             raise ConfigError("Set total_batch_size (tokens per optimizer step) or gradient_accumulation_steps.")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             raise ConfigError(f"lr_decay_steps must be >= 1 (or unset for max_steps), got {self.lr_decay_steps}")
-        if self.extend_schedule not in (None, "continue_cosine", "hold_min_lr"):
+        if self.extend_schedule not in (None, *EXTEND_SCHEDULE_CHOICES):
             raise ConfigError(f"extend_schedule must be continue_cosine or hold_min_lr, got {self.extend_schedule!r}")
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ConfigError(f"min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate}).")

@@ -44,13 +44,12 @@ def check_checkpoint(folder: str | Path) -> Path:
     """``folder`` if it is a complete Transformers checkpoint, else a HubError listing what is missing.
 
     A training ``output_dir`` stands for its newest checkpoint."""
-    from modeling.checkpoint import STATE_DIR, incomplete_reason, newest_checkpoint
+    from modeling.checkpoint import STATE_DIR, incomplete_reason, resolve_model_dir
 
     folder = Path(folder)
     if not folder.is_dir():
         raise HubError(f"{folder} is not a folder. Pass a checkpoint-N folder (or a training output_dir).")
-    if not (folder / "config.json").exists() and (newest := newest_checkpoint(folder)):
-        folder = newest
+    folder = Path(resolve_model_dir(folder))  # an output_dir: its newest complete checkpoint
     if folder.name.endswith(".tmp"):
         raise HubError(f"{folder} is a checkpoint still being written (or abandoned by a crash); push a finished "
                        f"checkpoint-N folder.")

@@ -93,15 +93,15 @@ class RunInfo:
         self.path, self.session, self._t0 = Path(output_dir) / RUN_INFO, session, time.perf_counter()
 
     @classmethod
-    def start(cls, output_dir: str | Path, accelerator, start_step: int, data_dir: str | None = None) -> "RunInfo":
+    def start(cls, output_dir: str | Path, accelerator, start_step: int, environment: dict,
+              data_dir: str | None = None) -> "RunInfo":
+        """``environment``: this launch's record (run_record.environment), whose hardware and versions it keeps."""
         if not accelerator.is_main_process:
             return cls(output_dir, None)
-        from modeling.run_record import hardware, package_versions
-
-        session = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "start_step": start_step,
+        session = {"started": environment["started"], "start_step": start_step,
                    "data": _data_source(data_dir),  # kept here: the shards may be gone when the card is written
-                   "hardware": hardware(accelerator),  # machine, processes, backend, precision (as run_config.json)
-                   "versions": {k: v for k, v in package_versions().items()
+                   "hardware": environment["hardware"],  # machine, processes, backend, precision
+                   "versions": {k: v for k, v in environment["versions"].items()
                                 if k in ("python", "torch", "transformers", "accelerate")},
                    "checkpoints": {}}
         info = cls(output_dir, session)

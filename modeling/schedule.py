@@ -23,8 +23,6 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from modeling.config import ConfigError, TrainingConfig
 
-EXTEND_CHOICES = ("continue_cosine", "hold_min_lr")
-
 
 def _hold_after(cosine, decay_steps: int, step: int) -> float:
     # The cosine's formula would rise again past its end; hold its final value (min_lr) instead.

@@ -325,7 +325,8 @@ def train(config: TrainingConfig) -> dict:
                               f"LR {lr_was:.3e} -> {lr_now:.3e} at step {state.step}")
 
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
-    run_info = RunInfo.start(output_dir, accelerator, state.step, config.data_dir)  # hardware and wall time, for the model card
+    # Hardware and wall time per session, for the model card.
+    run_info = RunInfo.start(output_dir, accelerator, state.step, run_config["environment"], config.data_dir)
     accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
     tokens_per_step = B * config.seq_len * accum * world
     n_params = num_params(model)
@@ -460,7 +461,7 @@ def train(config: TrainingConfig) -> dict:
     bar.close()
     run_info.finish(state.step)
     if accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
-        finish_run(output_dir, ckpt.find_checkpoint(output_dir, "latest"))
+        finish_run(output_dir, ckpt.newest_checkpoint(output_dir))
     # Tearing the process group down (when the DDP module is freed) joins gloo's worker threads while holding the
     # GIL; a worker still releasing the last collective's Python tensors needs the GIL too: a deadlock at exit,
     # seen in 2-process runs. A last barrier, then a moment without the GIL, lets the workers finish first.

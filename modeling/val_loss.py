@@ -114,7 +114,6 @@ def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dic
                         pin_memory=accelerator.device.type == "cuda")
     windows = min(len(loader.dataset.dataset), settings["eval_batches"] * settings["per_device_train_batch_size"])
     started = time.perf_counter()
-    with accelerator.autocast():
-        loss = evaluate_loss(_LossOf(model), loader, accelerator)
+    loss = evaluate_loss(_LossOf(model), loader, accelerator)  # under the accelerator's autocast (bf16 if asked)
     return {"val_loss": loss, "windows": windows, "tokens": windows * settings["seq_len"],
             "seconds": time.perf_counter() - started, "processes": accelerator.num_processes, **settings}
