@@ -99,15 +99,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_cpu_ddp(script_and_args: list[str], **kwargs):
-    """``accelerate launch`` of a script on 2 CPU processes (DDP over gloo, configs/accelerate/cpu-ddp.yaml) on a
-    free port. Returns the CompletedProcess (text, captured)."""
+def cli(*args) -> list[str]:
+    """train_hf.py's command line for the tiny settings (``args``: name, value pairs that override them)."""
+    settings = {**TINY, **dict(zip(args[::2], args[1::2]))}
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
+
+
+def launch_cpu(script_and_args: list, config: str = "cpu-ddp.yaml", **kwargs):
+    """``accelerate launch`` of a script on 2 CPU processes with configs/accelerate/``config`` (default: DDP over
+    gloo), on a free port. Returns the CompletedProcess (text, captured)."""
     import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "--main_process_port", str(free_port()),
-                           *script_and_args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           str(ROOT / "configs/accelerate" / config), "--main_process_port", str(free_port()),
+                           *map(str, script_and_args)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, **kwargs)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, launch_cpu_ddp, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError
 
@@ -32,15 +32,9 @@ def assert_same_weights(a, b, atol=1e-6):
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=atol, msg=name)
 
 
-def cli(*args) -> list[str]:
-    """train_hf.py's command line for the tiny settings (``args`` override)."""
-    settings = {**TINY, **dict(zip(args[::2], args[1::2]))}
-    return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
-
-
 def launch_ddp(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     """train_hf.py on 2 CPU processes (DDP over gloo)."""
-    return launch_cpu_ddp(["train_hf.py", *args], **kwargs)
+    return launch_cpu(["train_hf.py", *args], **kwargs)
 
 
 # ---- gradient accumulation has one owner: resuming on any accumulation steps the optimizer every step ----
@@ -345,4 +339,4 @@ def test_processes_that_do_not_share_the_output_dir_are_told_checkpoints_need_a_
 
 
 def launch_ddp_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return launch_cpu_ddp(["tests/inject_fault.py", *args], timeout=timeout)
+    return launch_cpu(["tests/inject_fault.py", *args], timeout=timeout)

@@ -3,26 +3,19 @@ per optimizer step under compile + accumulation (also after evals and a resume),
 in-loop HellaSwag scorer on its fast path under bf16, and the backends' settings."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import HELLASWAG_FILE, ROOT, free_port, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import HELLASWAG_FILE, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
 
 pytestmark = [needs_bpe, needs_fineweb]
 
 
 def launch_probe(prefix, *args):
     """tests/ddp_probe.py (train_hf.py + an all-reduce counting DDP hook) on 2 CPU processes over gloo."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                             str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "--main_process_port", str(free_port()),
-                             str(ROOT / "tests/ddp_probe.py"), str(prefix), *map(str, args)],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    result = launch_cpu(["tests/ddp_probe.py", prefix, *args])
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads((prefix.parent / f"{prefix.name}.rank{r}.json").read_text()) for r in (0, 1)], result.stdout
 
@@ -131,14 +124,8 @@ def test_a_bf16_state_dict_exports_as_float32(tmp_path):
 def test_fsdp2_on_two_cpu_processes_logs_the_global_grad_norm_under_bf16(tmp_path, data_dir):
     # FSDP2 over gloo, the recipe's bf16 (our policy: bf16 compute, fp32 master weights, fp32 gradient reduction).
     # Each process holds half of every gradient: one shard's norm would be ~0.7x the global one.
-    args = ["--data_dir", data_dir, "--model_config", "tiny", "--seq_len", 32, "--per_device_train_batch_size", 4,
-            "--total_batch_size", 256, "--max_steps", 3, "--warmup_steps", 1, "--learning_rate", 3e-3,
-            "--min_lr", 3e-4, "--bf16", "true", "--eval_steps", 3, "--eval_batches", 2, "--num_samples", 0,
-            "--save_steps", 3, "--report_to", "none", "--output_dir", tmp_path / "fsdp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                             str(ROOT / "configs/accelerate/cpu-fsdp.yaml"), "--main_process_port", str(free_port()),
-                             "train_hf.py", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = launch_cpu(["train_hf.py", "--data_dir", data_dir, "--output_dir", tmp_path / "fsdp",
+                         *cli("max_steps", 3, "bf16", True, "eval_on_start", True)], config="cpu-fsdp.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     fsdp = read_metrics(tmp_path / "fsdp")
     single = run(tmp_path / "single", data_dir, max_steps=3, eval_steps=3, save_steps=3, bf16=True, eval_on_start=True)
@@ -154,18 +141,8 @@ def test_fsdp2_on_two_cpu_processes_logs_the_global_grad_norm_under_bf16(tmp_pat
 def test_deepspeed_zero2_on_two_cpu_processes_shards_the_optimizer_and_resumes_exactly(tmp_path, data_dir):
     # The shipped ZeRO-2 path on CPUs (cpu-deepspeed.yaml): a run that dies at step 6 (checkpoint 3) and its resume.
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install or pip install -e '.[deepspeed]')")
-    args = ["--data_dir", data_dir, "--model_config", "tiny", "--seq_len", 32, "--per_device_train_batch_size", 4,
-            "--total_batch_size", 256, "--max_steps", 6, "--warmup_steps", 1, "--learning_rate", 3e-3,
-            "--min_lr", 3e-4, "--bf16", "true", "--eval_steps", 3, "--eval_batches", 2, "--num_samples", 0,
-            "--save_steps", 3, "--report_to", "none", "--output_dir", tmp_path / "ds"]
-
-    def launch(*script_and_args):
-        return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                               str(ROOT / "configs/accelerate/cpu-deepspeed.yaml"), "--main_process_port",
-                               str(free_port()), *map(str, script_and_args)],
-                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
-
-    died = launch("tests/inject_fault.py", "raise", 1, 6, *args)
+    args = ["--data_dir", data_dir, "--output_dir", tmp_path / "ds", *cli("bf16", True, "eval_on_start", True)]
+    died = launch_cpu(["tests/inject_fault.py", "raise", 1, 6, *args], config="cpu-deepspeed.yaml")
     assert died.returncode != 0 and "injected failure at step 6" in died.stderr, died.stderr[-3000:]
     before = read_metrics(tmp_path / "ds")
     assert [m["step"] for m in before] == [0, 1, 2, 3, 4, 5]
@@ -177,7 +154,7 @@ def test_deepspeed_zero2_on_two_cpu_processes_shards_the_optimizer_and_resumes_e
     assert [p.name.split("zero_pp_rank_")[1][0] for p in shards] == ["0", "1"], shards
     assert all(0.45 * 12 * n_params < p.stat().st_size < 0.6 * 12 * n_params for p in shards)
 
-    resumed = launch("train_hf.py", *args, "--resume_from_checkpoint", "latest")
+    resumed = launch_cpu(["train_hf.py", *args, "--resume_from_checkpoint", "latest"], config="cpu-deepspeed.yaml")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read_metrics(tmp_path / "ds")
     assert [m["step"] for m in after] == [0, 1, 2, 3, 4, 5, 6]

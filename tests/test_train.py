@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (HELLASWAG_FILE, ROOT, TINY, free_port, launch_cpu_ddp, needs_bpe, needs_fineweb,
+from conftest import (HELLASWAG_FILE, ROOT, TINY, cli, free_port, launch_cpu, needs_bpe, needs_fineweb,
                       needs_hellaswag, read_metrics, run)
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig, parse_training_config
@@ -207,10 +207,8 @@ def test_two_machines_train_together_and_eval_loss_agrees_on_any_process_count(t
     # Multi-node on one host: two `accelerate launch` invocations (machine ranks 0 and 1, one process each) join
     # over gloo and must train exactly like one process with twice the accumulation.
     out, port = tmp_path / "two-machines", str(free_port())
-    common = ["--data_dir", str(data_dir), "--model_config", "tiny", "--seq_len", "32", "--per_device_train_batch_size",
-              "4", "--total_batch_size", "256", "--max_steps", "4", "--warmup_steps", "1", "--learning_rate", "3e-3",
-              "--min_lr", "3e-4", "--bf16", "false", "--eval_steps", "2", "--eval_batches", "2", "--num_samples", "0",
-              "--save_steps", "4", "--report_to", "none", "--output_dir", str(out)]
+    common = ["--data_dir", str(data_dir), "--output_dir", str(out),
+              *cli("max_steps", 4, "eval_steps", 2, "save_steps", 4, "eval_on_start", True)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     machines = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                                   str(ROOT / "configs/accelerate/cpu-ddp.yaml"), "--num_machines", "2", "--machine_rank",
@@ -240,7 +238,7 @@ def test_two_machines_train_together_and_eval_loss_agrees_on_any_process_count(t
 
     # eval_loss.py on the exported checkpoint, on the run's own val windows (--like): 2 processes == 1 process ==
     # the run's logged val loss (up to the 47 vocabulary-padding rows the training model also normalises over).
-    evaluated = launch_cpu_ddp(["eval_loss.py", "--model", str(out), "--like", str(out), "--output",
+    evaluated = launch_cpu(["eval_loss.py", "--model", str(out), "--like", str(out), "--output",
                                 str(tmp_path / "val2.json")])
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     two_processes = json.loads((tmp_path / "val2.json").read_text())
