@@ -3,6 +3,7 @@ per optimizer step under compile + accumulation (also after evals and a resume),
 in-loop HellaSwag scorer on its fast path under bf16, and the backends' settings."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -161,6 +162,15 @@ def test_deepspeed_zero2_on_two_cpu_processes_shards_the_optimizer_and_resumes_e
     # Steps 4 and 5 again: the same data, weights and optimizer moments give the same numbers, not nearly the same.
     for step in (4, 5):
         assert (after[step]["loss"], after[step]["grad_norm"]) == (before[step]["loss"], before[step]["grad_norm"])
+    # Resumed on accumulation 2 after 3 micro-steps of 1 (an odd count): DeepSpeed keeps its own micro-step
+    # counter, so a misaligned boundary would stop the updates (loss stuck near step 3's) instead of this.
+    shutil.copytree(tmp_path / "ds/checkpoint-3", tmp_path / "accum2/checkpoint-3")
+    two = launch_cpu(["train_hf.py", "--data_dir", data_dir, "--output_dir", tmp_path / "accum2", "--resume_from_checkpoint",
+                      "latest", *cli("bf16", True, "eval_on_start", True, "per_device_train_batch_size", 2)],
+                     config="cpu-deepspeed.yaml")
+    assert two.returncode == 0 and "x 2 accumulation" in two.stdout, two.stderr[-3000:]
+    for a, b in zip(after[4:], read_metrics(tmp_path / "accum2"), strict=True):
+        assert b["step"] == a["step"] and b["loss"] == pytest.approx(a["loss"], rel=2e-3)
 
     # And the same training as one process (bf16 autocast over fp32 weights there, DeepSpeed's bf16 engine here).
     single = run(tmp_path / "single", data_dir, max_steps=6, bf16=True, eval_on_start=True)
