@@ -38,6 +38,10 @@ STATE_DIR = "training_state"
 RUN_CONFIG = "run_config.json"
 TRAIN_STATE = "train_state.json"
 MARKER = "complete.json"
+# The layout of a checkpoint, recorded in its marker. Bump it when a change makes older code unable to resume a new
+# checkpoint (or this code unable to resume an old one without a migration here); tests/test_golden.py::
+# test_compat_* resumes a checkpoint written by an earlier commit. Markers written before this field are format 1.
+FORMAT = 1
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER = re.compile(r"^checkpoint-\d+\.(tmp|trash)(-[0-9a-f]+)?$")
 
@@ -86,21 +90,34 @@ def incomplete_checkpoints(output_dir: str | Path) -> list[tuple[Path, str]]:
     return [(path, reason) for _, path in _named(Path(output_dir)) if (reason := incomplete_reason(path))]
 
 
+def check_format(path: Path) -> None:
+    """Refuse (one line) a complete checkpoint written in a newer format than this code resumes."""
+    written = json.loads((path / STATE_DIR / MARKER).read_text()).get("format", 1)
+    if not isinstance(written, int) or written > FORMAT:
+        raise ConfigError(f"{path} was written in checkpoint format {written!r}; this code resumes format {FORMAT} "
+                          "and older. Resume it with the version of this project that wrote it (its commit is in "
+                          f"{STATE_DIR}/{RUN_CONFIG}, environment.git), or upgrade this checkout.")
+
+
 def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, log=print) -> Path | None:
     """``latest`` -> the newest complete checkpoint in output_dir (None if there is none yet), saying which
-    incomplete ones it skipped; a path -> that path, which must be a complete checkpoint."""
+    incomplete ones it skipped; a path -> that path, which must be a complete checkpoint. Either way one in a
+    format newer than this code's is refused, not resumed wrongly or passed over for an older one."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
         for path, reason in incomplete_checkpoints(output_dir):
             log(f"skipping {path}: not a complete checkpoint ({reason})")
-        return newest_checkpoint(output_dir)
+        if (newest := newest_checkpoint(output_dir)) is not None:
+            check_format(newest)
+        return newest
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise ConfigError(f"--resume_from_checkpoint {path}: no such folder. Pass a checkpoint-N folder or 'latest'.")
     if reason := incomplete_reason(path):
         raise ConfigError(f"--resume_from_checkpoint {path}: not a complete checkpoint ({reason}). Pass another "
                           "checkpoint-N folder, or 'latest' for the newest complete one.")
+    check_format(path)
     return path
 
 
@@ -160,7 +177,7 @@ def _mark_complete(folder: Path, step: int) -> None:
         files[str(file.relative_to(folder))] = file.stat().st_size
     marker = folder / STATE_DIR / MARKER
     with open(marker, "w") as f:
-        json.dump({"step": step, "files": files}, f, indent=1)
+        json.dump({"format": FORMAT, "step": step, "files": files}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     for directory in {folder, folder / STATE_DIR}:
