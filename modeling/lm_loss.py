@@ -90,7 +90,7 @@ class CausalLMForTraining(torch.nn.Module):
         super().__init__()
         self.transformer, self.lm_head = model.transformer, model.lm_head
         self.config, self.chunk_tokens = model.config, chunk_tokens
-        model.config._attn_implementation = ATTN_IMPLEMENTATION  # shared config: the stock sdpa for all but ours
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)  # shared config: the stock sdpa for all but ours
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each: one window, no shift needed

@@ -36,8 +36,9 @@ def build_model(config: GPT2Config, pad_vocab_to_multiple_of: int = 1) -> GPT2LM
     """
     config = copy.deepcopy(config)
     config.vocab_size = padded_vocab_size(config.vocab_size, pad_vocab_to_multiple_of)
-    config._attn_implementation = "sdpa"  # PyTorch's fused attention (flash / memory-efficient kernels on GPU)
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    model.set_attn_implementation("sdpa")  # PyTorch's fused attention (flash / memory-efficient kernels on GPU)
+    return model
 
 
 def load_pretrained_weights(model: GPT2LMHeadModel, name_or_path: str) -> None:

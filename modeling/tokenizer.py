@@ -54,20 +54,6 @@ class TokenizerNotFoundError(RuntimeError):
     """No usable copy of GPT-2's BPE could be found."""
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable unicode characters (vocab.json/merges.txt use it)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def ranks_sha256(ranks: dict[bytes, int]) -> str:
     """sha256 of the ranks serialised as a .tiktoken file; equals GPT2_RANKS_SHA256 for GPT-2's vocabulary."""
     lines = (base64.b64encode(token) + b" " + str(rank).encode() + b"\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
@@ -75,7 +61,9 @@ def ranks_sha256(ranks: dict[bytes, int]) -> str:
 
 
 def _read_hf_format(vocab_json: Path, merges_txt: Path) -> dict[bytes, int]:
-    byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte <-> unicode map
+
+    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
     vocab = json.loads(vocab_json.read_text(encoding="utf-8"))
     ranks = {}
     for token, rank in vocab.items():
@@ -206,8 +194,10 @@ def _recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 
 @functools.lru_cache(maxsize=4)
 def _hf_vocab_and_merges(bpe_dir: str | None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte <-> unicode map
+
     ranks = _load_ranks(bpe_dir)
-    to_unicode = _bytes_to_unicode()
+    to_unicode = bytes_to_unicode()
     as_text = lambda b: "".join(to_unicode[x] for x in b)  # noqa: E731
     vocab = {as_text(token): rank for token, rank in ranks.items()}
     vocab[EOT_TOKEN] = EOT_ID
