@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, NoShardsError, ShardFormatError) as e:
         sys.exit(f"eval_loss.py: error: {e}")
     if accelerator.is_main_process:
-        print(f"val_loss {result['val_loss']:.4f}  {result['model']} on {result['windows']} windows x {result['seq_len']} "
+        bpb = f" ({result['val_bpb']:.4f} bits/byte)" if result["val_bpb"] is not None else ""
+        print(f"val_loss {result['val_loss']:.4f}{bpb}  {result['model']} on {result['windows']} windows x {result['seq_len']} "
               f"tokens of {result['data_dir']} ({result['processes']} process(es), {result['seconds']:.1f} s)")
         if args.output:
             with open(args.output, "w", encoding="utf-8") as f:

@@ -27,6 +27,7 @@ from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
 from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_message
 from modeling.lm_loss import CausalLMForTraining
+from modeling.memory import peak_memory_since_last
 from modeling.model import build_model, flops_per_token, load_model_config, load_pretrained_weights, num_params
 from modeling.progress import bar as progress_bar
 from modeling.progress import quiet_library_bars
@@ -34,7 +35,7 @@ from modeling.report import RunInfo, finish_run
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
 from modeling.verify import check_data_dir
-from modeling.val_loss import val_loader
+from modeling.val_loss import bits_per_byte, count_val_bytes, evaluate_loss, val_loader
 
 # bf16 dense peak FLOP/s, for the MFU estimate (matched against torch.cuda.get_device_name()).
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12, "L4": 121e12,
@@ -192,29 +193,26 @@ def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainS
         state.epoch, state.windows_in_epoch = state.epoch + 1, 0
 
 
+class TimedBatches:
+    """An iterator of batches that adds up the seconds spent waiting for them (``waited``)."""
+
+    def __init__(self, batches: Iterator[torch.Tensor]):
+        self.batches, self.waited = batches, 0.0
+
+    def __iter__(self) -> "TimedBatches":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        started = time.perf_counter()
+        batch = next(self.batches)
+        self.waited += time.perf_counter() - started
+        return batch
+
+
 def causal_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """The training loss of a (prepared) CausalLMForTraining: computed inside the (compiled) module, so no logits
     leave it. One named place for it (the fault tests inject failures here)."""
     return model(tokens)
-
-
-@torch.no_grad()
-def evaluate_loss(model: CausalLMForTraining, loader: DataLoader, accelerator: Accelerator) -> float:
-    """Mean val loss over the fixed val batches, summed across processes.
-
-    ``model`` is the uncompiled training module: a short last batch or eval mode never recompiles the training
-    graph, and there is nothing to synchronise in a forward pass.
-    """
-    model.eval()
-    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    with accelerator.autocast():
-        for tokens in loader:
-            tokens = tokens.to(accelerator.device, non_blocking=True)
-            total += torch.stack([model(tokens).double() * tokens[:, 1:].numel(),
-                                  torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
-    total = accelerator.reduce(total, "sum")
-    model.train()
-    return (total[0] / total[1]).item()
 
 
 @torch.no_grad()
@@ -308,6 +306,7 @@ def train(config: TrainingConfig) -> dict:
     # (modeling/val_loss.py builds it, so eval_loss.py evaluates any model on exactly these windows.)
     val_batches = val_loader(config.data_dir, config.seq_len, B, config.eval_batches, accelerator.process_index, world,
                              config.dataloader_num_workers, pin_memory=device.type == "cuda")
+    val_tokens, val_bytes = count_val_bytes(config.data_dir, config.seq_len, B, config.eval_batches, tokenizer)
     prepared, optimizer, train_loader, scheduler = accelerator.prepare(train_model, optimizer, train_loader, scheduler)
     state = TrainState()
     if resume_from is not None:
@@ -357,6 +356,7 @@ def train(config: TrainingConfig) -> dict:
         plain = model  # uncompiled, no DDP: varying shapes cause no recompiles
         if val:
             result["val_loss"] = evaluate_loss(train_model, val_batches, accelerator)
+            result["val_bpb"] = bits_per_byte(result["val_loss"], val_tokens, val_bytes)
             if whole_model and accelerator.is_main_process and config.num_samples:
                 for text in sample_texts(plain, tokenizer, config.sample_prompt, config.num_samples,
                                          config.sample_max_new_tokens, config.seed + state.step):
@@ -378,7 +378,8 @@ def train(config: TrainingConfig) -> dict:
         seconds = time.perf_counter() - started
         record = {"step": state.step, "loss": loss_avg, "lr": lr,
                   "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": state.tokens_seen,
-                  "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds}
+                  "step_seconds": seconds, "tokens_per_second": tokens_per_step / seconds,
+                  "data_wait_share": batches.waited / seconds, **peak_memory_since_last(device)}
         if peak:
             record["mfu"] = flops_per_step / seconds / (peak * world)
         record.update(evaluate(do_eval, do_hellaswag))
@@ -405,7 +406,7 @@ def train(config: TrainingConfig) -> dict:
 
     # max_grad_norm 0 means no clipping; the norm is still computed (an infinite bound scales nothing) and logged.
     clip = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-    batches = _endless_batches(train_loader, accelerator, state)
+    batches = TimedBatches(_endless_batches(train_loader, accelerator, state))
     # A bar on a terminal; in a log a status line every $GPT2_PROGRESS_INTERVAL s (modeling/progress.py).
     bar = progress_bar(total=config.max_steps, initial=state.step, enabled=accelerator.is_main_process,
                        dynamic_ncols=True, desc="training", unit="steps")
@@ -417,7 +418,7 @@ def train(config: TrainingConfig) -> dict:
     prepared.train()
     with StopSignals(accelerator.process_index) as signals:
         while state.step < config.max_steps:
-            started = time.perf_counter()
+            started, batches.waited = time.perf_counter(), 0.0
             loss_sum = torch.zeros((), device=device)
             for _ in range(accum):
                 tokens = next(batches)  # (B, T+1)

@@ -13,6 +13,7 @@ over tokens and processes. So the number is the same on 1 or N processes, and th
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import TokenWindows
 from modeling.model import causal_lm_loss
+from modeling.tokenizer import TokenizerNotFoundError, get_hf_tokenizer
 
 _DEFAULTS = {f: TrainingConfig.__dataclass_fields__[f].default
              for f in ("seq_len", "per_device_train_batch_size", "eval_batches")}
@@ -37,6 +39,48 @@ def val_loader(data_dir: str | Path, seq_len: int, batch_size: int, eval_batches
     n_val = min(len(val_data), eval_batches * batch_size)
     share = Subset(val_data, range(process_index, n_val, num_processes))
     return DataLoader(share, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator) -> float:
+    """Mean val loss over the fixed val batches, summed across processes.
+
+    ``model`` maps (B, T+1) tokens to their mean loss: in training, the uncompiled training module: a short last batch or eval mode never recompiles the training
+    graph, and there is nothing to synchronise in a forward pass.
+    """
+    model.eval()
+    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    with accelerator.autocast():
+        for tokens in loader:
+            tokens = tokens.to(accelerator.device, non_blocking=True)
+            total += torch.stack([model(tokens).double() * tokens[:, 1:].numel(),
+                                  torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
+    total = accelerator.reduce(total, "sum")
+    model.train()
+    return (total[0] / total[1]).item()
+
+
+def count_val_bytes(data_dir: str | Path, seq_len: int, batch_size: int, eval_batches: int, tokenizer) -> tuple[int, int]:
+    """(target tokens, their UTF-8 bytes) over the whole val set (all processes' shares together), counted once.
+
+    GPT-2's byte-level BPE spells each token as one character per byte; <|endoftext|> (a document boundary, about
+    one token in a thousand) counts as 0 bytes, its loss is still in the mean."""
+    import numpy as np
+
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    special = set(tokenizer.all_special_tokens)
+    token_bytes = np.array([0 if piece in special else len(piece) for piece in pieces], dtype=np.int64)
+    val_data = TokenWindows(data_dir, "val", seq_len)
+    targets = [np.asarray(val_data[i])[1:] for i in range(min(len(val_data), eval_batches * batch_size))]
+    if not targets:
+        return 0, 0
+    targets = np.concatenate(targets)
+    return int(targets.size), int(token_bytes[targets].sum())
+
+
+def bits_per_byte(mean_loss: float, tokens: int, n_bytes: int) -> float | None:
+    """Val loss in bits per UTF-8 byte of text: tokenizer-independent (nanochat, the speedrun logs report it)."""
+    return mean_loss / math.log(2) * tokens / n_bytes if n_bytes else None
 
 
 @dataclass
@@ -85,7 +129,7 @@ def resolve_settings(args: ValLossArguments) -> dict:
 
 
 class _LossOf(torch.nn.Module):
-    """Any Transformers causal LM as the trainer's evaluate_loss takes it: (B, T+1) tokens -> mean loss."""
+    """Any Transformers causal LM as evaluate_loss takes it: (B, T+1) tokens -> mean loss."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -96,9 +140,7 @@ class _LossOf(torch.nn.Module):
 
 
 def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dict:
-    """Mean next-token loss over the val windows, with the trainer's own evaluate_loss."""
-    from modeling.trainer import evaluate_loss
-
+    """Mean next-token loss over the val windows, computed as the trainer computes it."""
     from modeling.shards import load_manifest
 
     n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
@@ -115,5 +157,12 @@ def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dic
     windows = min(len(loader.dataset.dataset), settings["eval_batches"] * settings["per_device_train_batch_size"])
     started = time.perf_counter()
     loss = evaluate_loss(_LossOf(model), loader, accelerator)  # under the accelerator's autocast (bf16 if asked)
-    return {"val_loss": loss, "windows": windows, "tokens": windows * settings["seq_len"],
-            "seconds": time.perf_counter() - started, "processes": accelerator.num_processes, **settings}
+    seconds = time.perf_counter() - started
+    try:  # the shards' tokenizer (GPT-2's BPE), whatever the model's own
+        tokens, n_bytes = count_val_bytes(settings["data_dir"], settings["seq_len"],
+                                          settings["per_device_train_batch_size"], settings["eval_batches"],
+                                          get_hf_tokenizer())
+    except TokenizerNotFoundError:
+        tokens = n_bytes = 0
+    return {"val_loss": loss, "val_bpb": bits_per_byte(loss, tokens, n_bytes), "windows": windows, "tokens": windows * settings["seq_len"],
+            "seconds": seconds, "processes": accelerator.num_processes, **settings}

@@ -89,12 +89,26 @@ def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_
     assert [m["step"] for m in metrics] == list(range(0, 31))
     # Step 0 is the untrained model's val loss (eval_on_start), so the curve starts at ~ln(vocab).
     start, metrics = metrics[0], metrics[1:]
-    assert set(start) == {"step", "tokens", "val_loss"} and start["val_loss"] == pytest.approx(math.log(50304), abs=0.15)
+    assert set(start) == {"step", "tokens", "val_loss", "val_bpb"}
+    assert start["val_loss"] == pytest.approx(math.log(50304), abs=0.15)
     assert metrics[0]["loss"] == pytest.approx(math.log(50304), abs=0.15)
     assert np.mean([m["loss"] for m in metrics[-5:]]) < metrics[0]["loss"] - 2.5
     assert all(k in metrics[9] for k in ("loss", "lr", "grad_norm", "tokens", "tokens_per_second", "val_loss"))
     assert "val_loss" not in metrics[8] and metrics[-1]["val_loss"] < metrics[9]["val_loss"]
     assert metrics[-1]["tokens"] == 30 * 256
+    # Every logged step: the share of it spent waiting for data and the peak memory since the last log.
+    assert all(0 <= m["data_wait_share"] < 1 and m["mem_rss_mb"] > 100 for m in metrics)
+    # Bits per byte, against an independent count: the val targets' UTF-8 bytes as tiktoken decodes them (the
+    # EOT token as 0 bytes). TINY's val set: eval_batches x batch size windows of seq_len + 1 tokens.
+    from modeling.data import TokenWindows
+    from modeling.tokenizer import get_encoding
+
+    encoding = get_encoding(bpe_dir)
+    val = TokenWindows(data_dir, "val", 32)
+    targets = [int(t) for i in range(2 * 4) for t in np.asarray(val[i])[1:] if t != encoding.eot_token]
+    n_bytes = len(encoding.decode_bytes(targets))
+    for m in (start, metrics[9], metrics[-1]):
+        assert m["val_bpb"] == pytest.approx(m["val_loss"] / math.log(2) * 2 * 4 * 32 / n_bytes, rel=1e-9)
     assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-20", "checkpoint-30"]  # limit 2
     assert not list(out.glob("*.tmp")) and list(out.glob("gpt2-hf/events.out.tfevents.*"))
 
