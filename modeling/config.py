@@ -104,6 +104,12 @@ class TrainingConfig:
     reference_val_loss: Optional[float] = field(default=None, metadata={
         "help": "Val loss of a reference run of this recipe, drawn dashed in eval.png and quoted in the model card."})
     peak_flops: Optional[float] = field(default=None, metadata={"help": "Device peak FLOP/s for MFU (default: known GPUs, or measured on CPU)."})
+    profile_steps: Optional[str] = field(default=None, metadata={
+        "help": "FIRST:LAST optimizer steps to record with torch.profiler into output_dir/profile/ (a trace for "
+                "Perfetto and TensorBoard). Off by default."})
+    memory_snapshot: bool = field(default=False, metadata={
+        "help": "CUDA: also record the allocator's history over --profile_steps (and dump it on an out-of-memory "
+                "error) for pytorch.org/memory_viz."})
 
     # Fields a resumed run must share with its checkpoint: they fix the model, the data order and the schedule.
     RUN_DEFINING = ("data_dir", "model_config", "seq_len", "pad_vocab_to_multiple_of", "shuffle", "total_batch_size",
@@ -125,6 +131,9 @@ class TrainingConfig:
             raise ConfigError(f"lr_decay_steps must be >= 1 (or unset for max_steps), got {self.lr_decay_steps}")
         if self.extend_schedule not in (None, *EXTEND_SCHEDULE_CHOICES):
             raise ConfigError(f"extend_schedule must be continue_cosine or hold_min_lr, got {self.extend_schedule!r}")
+        from modeling.profiling import parse_steps
+
+        parse_steps(self.profile_steps)  # a malformed range fails here, before any work
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ConfigError(f"min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate}).")
 

@@ -29,6 +29,7 @@ from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_
 from modeling.lm_loss import CausalLMForTraining
 from modeling.memory import peak_memory_since_last
 from modeling.model import build_model, flops_per_token, load_model_config, load_pretrained_weights, num_params
+from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import quiet_library_bars
 from modeling.report import RunInfo, finish_run
@@ -416,8 +417,12 @@ def train(config: TrainingConfig) -> dict:
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=0)
     prepared.train()
-    with StopSignals(accelerator.process_index) as signals:
+    profiler = StepProfiler(config.profile_steps, output_dir, accelerator.process_index, device,
+                            config.memory_snapshot, log=accelerator.print)
+    with StopSignals(accelerator.process_index) as signals, profiler, snapshot_on_oom(config.memory_snapshot,
+                                                                                     profiler.dir, accelerator):
         while state.step < config.max_steps:
+            profiler.step_starts(state.step + 1)  # --profile_steps: records the steps asked for, else nothing
             started, batches.waited = time.perf_counter(), 0.0
             loss_sum = torch.zeros((), device=device)
             for _ in range(accum):

@@ -387,3 +387,25 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "train_hf.py: error: No train shards" in result.stderr
+
+
+def test_profile_steps_write_a_trace_of_exactly_those_steps(tmp_path, data_dir):
+    out = tmp_path / "run"
+    run(out, data_dir, max_steps=4, save_steps=4, eval_steps=4, profile_steps="2:3")
+    traces = list((out / "profile").glob("*.pt.trace.json"))
+    assert [t.name for t in traces] == ["rank0.steps2-3.pt.trace.json"]
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    steps = sorted({e["name"] for e in events if e.get("name", "").startswith("ProfilerStep#")})
+    assert steps == ["ProfilerStep#2", "ProfilerStep#3"]
+    ops = {e["name"] for e in events if e.get("cat") == "cpu_op"}
+    assert {"aten::mm", "aten::scaled_dot_product_attention"} & ops and any("Optimizer.step" in n for n in
+                                                                          {e.get("name", "") for e in events})
+    assert any("Input Dims" in e.get("args", {}) for e in events)  # shapes recorded
+
+
+def test_profile_steps_that_cannot_be_a_range_are_refused():
+    from modeling.config import ConfigError, TrainingConfig
+
+    for spec in ("3", "3:2", "0:2", "a:b"):
+        with pytest.raises(ConfigError, match="profile_steps"):
+            TrainingConfig(**{**TINY, "data_dir": "d", "output_dir": "o", "profile_steps": spec})
