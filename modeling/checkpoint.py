@@ -32,6 +32,7 @@ import torch
 
 from modeling.config import ConfigError
 from modeling.model import export_model
+from modeling.run_lock import hold_run_lock
 from modeling.shards import fsync_path
 
 STATE_DIR = "training_state"
@@ -270,7 +271,8 @@ def rotate_checkpoints(output_dir: Path, keep: int | None, keep_also: Path | Non
 
 def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | None,
                   overwrite_output_dir: bool) -> Path | None:
-    """The checkpoint to resume from, if any, decided on the main process and broadcast. Cleans up leftovers of
+    """The checkpoint to resume from, if any, decided on the main process and broadcast. Refuses an output_dir
+    that another live run holds (modeling/run_lock.py; the lock is kept until train() returns). Cleans up leftovers of
     interrupted saves; refuses to mix a new run into a directory holding another; checks that every process
     sees the same output_dir (checkpoints need a shared filesystem)."""
     from accelerate.utils import broadcast_object_list
@@ -279,6 +281,7 @@ def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | N
     if accelerator.is_main_process:
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
+            hold_run_lock(output_dir, log=accelerator.print)  # before anything is cleaned: it may be a live run's
             clean_leftovers(output_dir, log=accelerator.print)
             resume = find_checkpoint(output_dir, resume_from_checkpoint, log=accelerator.print)
             existing = list_checkpoints(output_dir)

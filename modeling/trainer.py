@@ -33,6 +33,7 @@ from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import quiet_library_bars
 from modeling.report import RunInfo, finish_run
+from modeling.run_lock import release_run_lock
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
 from modeling.verify import check_data_dir
@@ -234,6 +235,13 @@ def sample_texts(model, tokenizer, prompt: str, num: int, max_new_tokens: int, s
 
 def train(config: TrainingConfig) -> dict:
     """Train as configured; returns the last logged metrics."""
+    try:
+        return _train(config)
+    finally:  # the output_dir lock taken when the run decided to resume or start (one run per output_dir)
+        release_run_lock(config.output_dir)
+
+
+def _train(config: TrainingConfig) -> dict:
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
     quiet_library_bars()  # no "Writing model shards" frames in a log file
     accelerator = Accelerator(
