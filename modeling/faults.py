@@ -26,6 +26,10 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
+class EvaluationInterrupted(Exception):
+    """A stop signal arrived during an evaluation: its partial result is given up so the checkpoint comes first."""
+
+
 class StopSignals:
     """Context manager: SIGTERM/SIGINT ask the loop to stop at the next step boundary (``requested`` holds the
     signal's name); a second one exits at once. The previous handlers are restored on exit."""

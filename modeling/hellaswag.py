@@ -259,13 +259,40 @@ def _record(ex: Example, convention: str, logprobs: list[float], tokenized, trun
             "pred_norm": _argmax([lp / n for lp, n in zip(logprobs, lengths)]), "truncated": truncated}
 
 
-def _score_local(model, tokenizer, examples, batch_size, conventions, show_progress, stats) -> list[dict]:
+# (convention, examples) -> (tokenizer, token ids): an in-loop HellaSwag tokenizes its examples once per run, not at
+# every evaluation (10,042 examples in both conventions take 20-60 s on a CPU core, more than scoring them on a GPU).
+_TOKENIZED: dict[tuple, tuple] = {}
+_TOKENIZE_CHUNK = 512  # examples between two looks at should_stop
+
+
+def _tokenized(examples: list[Example], tokenizer, convention: str, should_stop=None) -> list | None:
+    key = (convention, tuple(examples))
+    if (hit := _TOKENIZED.get(key)) is not None and hit[0] is tokenizer:
+        return hit[1]
+    out = []
+    for start in range(0, len(examples), _TOKENIZE_CHUNK):  # per-example encodings: chunking changes no id
+        if should_stop is not None and should_stop():
+            return None
+        out += tokenize(examples[start:start + _TOKENIZE_CHUNK], tokenizer, convention)
+    if len(_TOKENIZED) >= 4:
+        _TOKENIZED.pop(next(iter(_TOKENIZED)))
+    _TOKENIZED[key] = (tokenizer, out)
+    return out
+
+
+def _score_local(model, tokenizer, examples, batch_size, conventions, show_progress, stats,
+                 should_stop=None) -> list[dict] | None:
+    """This process's records, or None when ``should_stop()`` turned true between two batches."""
     device = next(model.parameters()).device
     mask_dtype = model.get_input_embeddings().weight.dtype
     if not mask_dtype.is_floating_point:
         mask_dtype = torch.float32
     max_len = max_context_length(model, tokenizer)
-    tokenized = {conv: tokenize(examples, tokenizer, conv) for conv in conventions}
+    tokenized = {}
+    for conv in conventions:
+        tokenized[conv] = _tokenized(examples, tokenizer, conv, should_stop)
+        if tokenized[conv] is None:
+            return None
 
     def plan(share_prefix: bool):
         groups: dict[_Group, int] = {}
@@ -283,6 +310,9 @@ def _score_local(model, tokenizer, examples, batch_size, conventions, show_progr
     progress = bar(total=len(examples), desc="HellaSwag", unit="examples", enabled=bool(show_progress),
                    force_bar=show_progress == "bar")
     for done, start in enumerate(range(0, len(order), batch_size), 1):
+        if should_stop is not None and should_stop():
+            progress.close()
+            return None
         chosen = order[start:start + batch_size]
         for gid, sums in zip(chosen, _score_batch(model, [groups[g] for g in chosen], device, mask_dtype, support, stats)):
             results[gid] = sums
@@ -311,14 +341,15 @@ def metrics_from_records(records: list[dict], conventions=CONVENTIONS) -> dict[s
 
 def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: int = DEFAULT_BATCH_SIZE,
                     accelerator=None, show_progress: bool | str = False,
-                    conventions: tuple[str, ...] = CONVENTIONS) -> HellaSwagResult:
+                    conventions: tuple[str, ...] = CONVENTIONS, should_stop=None) -> HellaSwagResult:
     """Score ``examples`` zero-shot with an in-memory causal LM, in each of ``conventions``.
 
     ``model`` is unwrapped (not DDP), on its device, any dtype; it is put in eval mode under no_grad and its training
     mode restored. With an ``accelerator`` of several processes, each rank scores every num_processes-th example and
     all ranks get the gathered result (so all ranks must call this); its autocast setting (mixed precision) applies.
     ``show_progress``: True for a bar on a terminal and a periodic status line elsewhere (modeling/progress.py),
-    "bar" for a bar anyway.
+    "bar" for a bar anyway. ``should_stop`` (the training loop's stop request) is asked between batches; once it
+    is true on any process, every process raises EvaluationInterrupted instead of finishing.
     """
     for conv in conventions:
         if conv not in CONVENTIONS:
@@ -335,9 +366,18 @@ def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: in
     model.eval()
     try:
         with torch.no_grad(), autocast:
-            records = _score_local(model, tokenizer, mine, batch_size, conventions, show_progress, stats) if mine else []
+            records = (_score_local(model, tokenizer, mine, batch_size, conventions, show_progress, stats, should_stop)
+                       if mine else [])
     finally:
         model.train(was_training)
+    interrupted = records is None
+    if should_stop is not None and world > 1:  # the same decision on every process, before the gather
+        flag = torch.tensor([float(interrupted)], device=accelerator.device)
+        interrupted = bool(accelerator.reduce(flag, "max").item())
+    if interrupted:
+        from modeling.faults import EvaluationInterrupted
+
+        raise EvaluationInterrupted("HellaSwag")
     path = describe_path(_SUPPORT.get(model))
     if world > 1:
         from accelerate.utils import gather_object

@@ -25,7 +25,7 @@ from modeling import run_record, schedule
 from modeling.backends import accelerator_kwargs, configure_backend, global_norm
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
-from modeling.faults import StopSignals, TrainingStopped, check_step, nonfinite_message
+from modeling.faults import EvaluationInterrupted, StopSignals, TrainingStopped, check_step, nonfinite_message
 from modeling.lm_loss import CausalLMForTraining
 from modeling.memory import peak_memory_since_last
 from modeling.model import build_model, flops_per_token, load_model_config, load_pretrained_weights, num_params
@@ -195,6 +195,12 @@ def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainS
         state.epoch, state.windows_in_epoch = state.epoch + 1, 0
 
 
+# Fields of a metrics record that measure the machine (time, memory), not the training: they differ between two
+# runs of the same steps, so "the same run" compares the records without them.
+MEASUREMENT_FIELDS = ("step_seconds", "tokens_per_second", "mfu", "data_wait_share", "mem_rss_mb",
+                      "mem_rss_since_start", "mem_allocated_mb", "mem_reserved_mb")
+
+
 class TimedBatches:
     """An iterator of batches that adds up the seconds spent waiting for them (``waited``)."""
 
@@ -360,20 +366,26 @@ def _train(config: TrainingConfig) -> dict:
 
     result_paths: list[str] = []
 
+    # Preemption: SIGTERM/SIGINT set this; the loop saves at the step's end, and evaluations ask it between batches.
+    signals = StopSignals(accelerator.process_index)
+
+    def stop_requested() -> bool:
+        return signals.requested is not None
+
     def evaluate(val: bool, hellaswag_now: bool) -> dict:
         result = {}
         plain = model  # uncompiled, no DDP: varying shapes cause no recompiles
         if val:
-            result["val_loss"] = evaluate_loss(train_model, val_batches, accelerator)
+            result["val_loss"] = evaluate_loss(train_model, val_batches, accelerator, should_stop=stop_requested)
             result["val_bpb"] = bits_per_byte(result["val_loss"], val_tokens, val_bytes)
-            if whole_model and accelerator.is_main_process and config.num_samples:
+            if whole_model and accelerator.is_main_process and config.num_samples and not stop_requested():
                 for text in sample_texts(plain, tokenizer, config.sample_prompt, config.num_samples,
                                          config.sample_max_new_tokens, config.seed + state.step):
                     tqdm.write(f"[step {state.step}] {text!r}")
         if hellaswag_now:
             from modeling.hellaswag import score_hellaswag
 
-            scored = score_hellaswag(plain, tokenizer, hellaswag, accelerator=accelerator)
+            scored = score_hellaswag(plain, tokenizer, hellaswag, accelerator=accelerator, should_stop=stop_requested)
             if not result_paths:  # once per run: which path the scorer's self-check allowed
                 result_paths.append(scored.path)
                 accelerator.print(f"hellaswag: scoring path: {scored.path}")
@@ -391,7 +403,11 @@ def _train(config: TrainingConfig) -> dict:
                   "data_wait_share": batches.waited / seconds, **peak_memory_since_last(device)}
         if peak:
             record["mfu"] = flops_per_step / seconds / (peak * world)
-        record.update(evaluate(do_eval, do_hellaswag))
+        try:
+            record.update(evaluate(do_eval, do_hellaswag))
+        except EvaluationInterrupted as e:  # a stop signal: the step's record without the eval, then save at once
+            accelerator.print(f"step {state.step}: {e} evaluation given up for the stop signal")
+            record["evaluation_interrupted"] = True
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state.step)
         bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:,.0f}",
@@ -427,8 +443,7 @@ def _train(config: TrainingConfig) -> dict:
     prepared.train()
     profiler = StepProfiler(config.profile_steps, output_dir, accelerator.process_index, device,
                             config.memory_snapshot, log=accelerator.print)
-    with StopSignals(accelerator.process_index) as signals, profiler, snapshot_on_oom(config.memory_snapshot,
-                                                                                     profiler.dir, accelerator):
+    with signals, profiler, snapshot_on_oom(config.memory_snapshot, profiler.dir, accelerator):
         while state.step < config.max_steps:
             profiler.step_starts(state.step + 1)  # --profile_steps: records the steps asked for, else nothing
             started, batches.waited = time.perf_counter(), 0.0
@@ -464,6 +479,7 @@ def _train(config: TrainingConfig) -> dict:
             do_hellaswag = hellaswag is not None and (state.step % config.hellaswag_steps == 0 or last)
             if finite and (state.step % config.logging_steps == 0 or do_eval or do_hellaswag):
                 record = log(started, loss_sum, lr, grad_norm, do_eval, do_hellaswag)
+                stop = stop or record.get("evaluation_interrupted", False)  # the same on every process
             bar.update(1)
             if state.step % config.save_steps == 0 or last or stop:
                 path = save()

@@ -42,21 +42,30 @@ def val_loader(data_dir: str | Path, seq_len: int, batch_size: int, eval_batches
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator) -> float:
+def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator, should_stop=None) -> float:
     """Mean val loss over the fixed val batches, summed across processes.
 
-    ``model`` maps (B, T+1) tokens to their mean loss: in training, the uncompiled training module: a short last batch or eval mode never recompiles the training
-    graph, and there is nothing to synchronise in a forward pass.
+    ``model`` maps (B, T+1) tokens to their mean loss: in training, the uncompiled training module (a short last
+    batch or eval mode never recompiles the training graph, and there is nothing to synchronise in a forward
+    pass). ``should_stop`` is asked between batches; if it turns true on any process, every process raises
+    EvaluationInterrupted.
     """
     model.eval()
-    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    total = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss sum, tokens, interrupted
     with accelerator.autocast():
         for tokens in loader:
+            if should_stop is not None and should_stop():  # a stop signal: the checkpoint first, not this number
+                total[2] = 1
+                break
             tokens = tokens.to(accelerator.device, non_blocking=True)
-            total += torch.stack([model(tokens).double() * tokens[:, 1:].numel(),
-                                  torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
-    total = accelerator.reduce(total, "sum")
+            total[:2] += torch.stack([model(tokens).double() * tokens[:, 1:].numel(),
+                                      torch.tensor(tokens[:, 1:].numel(), device=total.device, dtype=torch.float64)])
+    total = accelerator.reduce(total, "sum")  # one collective, so every process learns of an interruption
     model.train()
+    if total[2] > 0:
+        from modeling.faults import EvaluationInterrupted
+
+        raise EvaluationInterrupted("val loss")
     return (total[0] / total[1]).item()
 
 
