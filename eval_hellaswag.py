@@ -37,8 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress", nargs="?", choices=("auto", "bar", "off"), default="auto", const="bar",
                    help="auto: a bar (examples/s, ETA) on a terminal, a one-line status every $GPT2_PROGRESS_INTERVAL "
                         "seconds (30) in a log; bar (or --progress alone): a bar anyway; off: none")
-    p.add_argument("--no_record", dest="record", action="store_false",
-                   help="do not record the results in the checkpoint folder (hellaswag_results.json, read by the model card)")
+    # store_true, not store_false into "record": the help would print "(default: True)", which reads as the opposite.
+    p.add_argument("--no_record", action="store_true",
+                   help="do not record the results in the checkpoint folder (hellaswag_results.json, read by the model "
+                        "card); without it a local checkpoint's results are recorded there")
     return p.parse_args(argv)
 
 
@@ -131,7 +133,7 @@ def main() -> None:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.output}")
-    if args.record and os.path.isdir(args.model):
+    if not args.no_record and os.path.isdir(args.model):
         from modeling.report import record_hellaswag, recordable
 
         if recordable(args.model):

@@ -18,11 +18,29 @@ from modeling.config import ConfigError
 DDP_BUCKET_CAP_MB = 100
 
 
+def launched_with_deepspeed() -> bool:
+    """True when ``accelerate launch`` started this process with DeepSpeed (it sets ACCELERATE_USE_DEEPSPEED)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def no_deepspeed_unless_launched() -> None:
+    """Keep accelerate from importing DeepSpeed in a run that does not use it.
+
+    Where DeepSpeed is installed, accelerate's unwrap (called by save_state, get_state_dict, unwrap_model) imports it
+    to ask whether the model is a DeepSpeedEngine: 2.4 s, and "Setting accelerator to CPU" in the log of every CPU
+    run. Without a DeepSpeed launch no model can be one, so that check is answered "not available" there."""
+    if not launched_with_deepspeed():
+        import accelerate.utils.other
+
+        accelerate.utils.other.is_deepspeed_available = lambda: False
+
+
 def accelerator_kwargs(launched: int) -> dict:
     """Keyword arguments for ``Accelerator(...)`` in a run of ``launched`` processes."""
+    no_deepspeed_unless_launched()
     handlers = [DistributedDataParallelKwargs(bucket_cap_mb=DDP_BUCKET_CAP_MB, gradient_as_bucket_view=True)]
     on_cpus = not torch.cuda.is_available()
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
+    deepspeed = launched_with_deepspeed()
     if on_cpus and deepspeed:
         # accelerate finds no device backend on CPUs: DeepSpeed would start one process group per process. gloo joins
         # them (DeepSpeed's own CPU accelerator runs the ZeRO collectives over it).

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from modeling import shards as shardio
-from modeling.tokenizer import EOT_ID, GPT2_RANKS_SHA256
+from modeling.tokenizer import EOT_ID, GPT2_RANKS_SHA256, TokenizerNotFoundError
 
 if TYPE_CHECKING:  # annotations only; torch and transformers are imported where they are used
     import torch
@@ -393,9 +393,11 @@ def _publish(tmp: Path, out: Path) -> Path:
 def save_transformers_folder(hf_state_dict: dict[str, torch.Tensor], config, out: str | os.PathLike, *,
                              bpe_dir: str | None = None, overwrite: bool = False) -> Path:
     """GPT2LMHeadModel with GPT-2's 50,257-token vocabulary + our tokenizer, written to ``out`` atomically."""
+    from modeling.backends import no_deepspeed_unless_launched
     from modeling.model import export_model
     from modeling.tokenizer import get_hf_tokenizer
 
+    no_deepspeed_unless_launched()  # save_pretrained's unwrap would import DeepSpeed (2 s and a log line) to no use
     out = Path(out)
     tokenizer = get_hf_tokenizer(bpe_dir, model_max_length=config.n_positions)
     tmp = _prepare_output(out, overwrite)
@@ -583,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {len(manifest['shards'])} shards to {args.out}: {totals['val_tokens']:,} val + "
                   f"{totals['train_tokens']:,} train tokens in {seconds:.1f} s "
                   f"({totals['tokens'] / seconds / 1e6:.0f}M tokens/s, {2 * totals['tokens'] / seconds / 1e6:.0f} MB/s)")
-    except (ConversionError, FileNotFoundError, FileExistsError, shardio.ShardFormatError) as e:
+    except (ConversionError, FileNotFoundError, FileExistsError, shardio.ShardFormatError, TokenizerNotFoundError) as e:
         print(f"gpt2-convert: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -80,6 +80,10 @@ def run_harness(model, *, tokenizer=None, data: str | None = None, indices: list
     from accelerate.state import AcceleratorState, GradientState, PartialState
     from lm_eval.tasks import TaskManager
 
+    from modeling.progress import drop_library_message
+
+    # lm-eval suggests --metadata for every task with a custom dataset loader; we pass the metadata ourselves.
+    drop_library_message("lm_eval.api.task", f"{TASK_NAME}: Custom kwargs can be passed to `--metadata`")
     t0 = time.perf_counter()
     accelerate_was_set_up = bool(PartialState._shared_state) or bool(AcceleratorState._shared_state)
     try:

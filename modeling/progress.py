@@ -122,3 +122,23 @@ def quiet_library_bars(force: bool = False) -> None:
             sys.modules["datasets"].disable_progress_bars()
         else:  # datasets reads it when imported (importing it here would add half a second to every start)
             os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+class _DropMessage:
+    """A logging filter that drops the records whose message contains ``text`` (and nothing else)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
+
+
+def drop_library_message(logger_name: str, text: str) -> None:
+    """Drop the messages of logger ``logger_name`` that contain ``text``: one library warning a user cannot act on
+    (each caller says why). Accelerate prefixes "[RANK n] ", so ``text`` is matched anywhere in the message."""
+    import logging
+
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropMessage) and f.text == text for f in logger.filters):
+        logger.addFilter(_DropMessage(text))

@@ -245,10 +245,16 @@ def main() -> None:
     parser.add_argument("--fetch", metavar="DIR", help="extract gpt2.tiktoken from the openai-whisper sdist on PyPI into DIR")
     parser.add_argument("--bpe-dir", help=f"directory to check (default: ${BPE_DIR_ENV}, then tiktoken's cache)")
     args = parser.parse_args()
-    if args.fetch:
-        print(f"wrote {fetch_bpe_from_pypi(args.fetch)}; use it with --bpe-dir {args.fetch} or {BPE_DIR_ENV}={args.fetch}")
-        return
-    enc = get_encoding(args.bpe_dir)
+    try:
+        if args.fetch:
+            print(f"wrote {fetch_bpe_from_pypi(args.fetch)}; use it with --bpe-dir {args.fetch} or {BPE_DIR_ENV}={args.fetch}")
+            return
+        enc = get_encoding(args.bpe_dir)
+    except subprocess.CalledProcessError:  # pip has printed why (offline, no such package version...)
+        raise SystemExit(f"modeling.tokenizer: error: `pip download openai-whisper` failed (see above); "
+                         f"copy gpt2.tiktoken into {args.fetch} by hand instead") from None
+    except (TokenizerNotFoundError, ValueError, OSError) as e:
+        raise SystemExit(f"modeling.tokenizer: error: {e}") from None
     print(f"GPT-2 BPE OK: {enc.n_vocab} tokens, ranks sha256 {GPT2_RANKS_SHA256[:12]}...")
 
 

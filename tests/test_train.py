@@ -238,6 +238,8 @@ def test_two_machines_train_together_and_eval_loss_agrees_on_any_process_count(t
         assert machine.returncode == 0, log[-3000:]
     # Not a terminal: a status line instead of bar frames, and no "Writing model shards" bars from transformers.
     assert "\r" not in logs[0] and "Writing model shards" not in logs[0]
+    # No warning a user cannot act on: accelerate's tied-weights note at every save, DeepSpeed's (not used here).
+    assert "Removed shared tensor" not in logs[0] and "Setting accelerator" not in logs[0], logs[0][-3000:]
     assert "training: 4/4 steps (100%) | " in logs[0], logs[0][-2000:]
     two = read_metrics(out)
     assert [m["step"] for m in two] == [0, 1, 2, 3, 4]
