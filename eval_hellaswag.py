@@ -69,12 +69,12 @@ def main() -> None:
     is_main = accelerator is None or accelerator.is_main_process
     progress = {"auto": True, "bar": "bar", "off": False}[args.progress] if is_main else False
 
-    from modeling.checkpoint import resolve_model_dir
+    from modeling.locate import NotFoundError, resolve_model
 
-    args.model = resolve_model_dir(args.model)
-    looks_like_path = args.model.startswith((".", "~")) or os.path.isabs(args.model) or args.model.count("/") > 1
-    if looks_like_path and not os.path.isdir(os.path.expanduser(args.model)):
-        _fail(f"checkpoint folder {args.model} does not exist")
+    try:
+        args.model = resolve_model(args.model, "--model")
+    except NotFoundError as e:
+        _fail(str(e))
     try:
         examples = load_examples(args.data, limit=args.limit, offset=args.offset)
     except (FileNotFoundError, ValueError) as e:
