@@ -134,8 +134,10 @@ def main() -> None:
     if args.record and os.path.isdir(args.model):
         from modeling.report import record_hellaswag, recordable
 
+        # The whole split: from its start, and no --limit, or one beyond its end.
+        full = args.offset == 0 and (args.limit is None or len(examples) < args.limit)
         if recordable(args.model):
-            print(f"recorded in {record_hellaswag(args.model, report, data=args.data, offset=args.offset, n=len(examples), dtype=args.dtype)}")
+            print(f"recorded in {record_hellaswag(args.model, report, data=args.data, offset=args.offset, n=len(examples), dtype=args.dtype, full=full)}")
     if args.per_example:
         if result:  # our scores in each convention (plus the harness's, when it ran)
             result.write_per_example(args.per_example)
