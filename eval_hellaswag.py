@@ -49,6 +49,12 @@ def _fail(message: str) -> NoReturn:
 
 def main() -> None:
     args = parse_args()
+    from modeling.locate import NotFoundError, resolve_model
+
+    try:  # first, before torch and transformers load: a mistyped --model is an error within seconds
+        args.model = resolve_model(args.model, "--model")
+    except NotFoundError as e:
+        _fail(str(e))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,12 +75,6 @@ def main() -> None:
     is_main = accelerator is None or accelerator.is_main_process
     progress = {"auto": True, "bar": "bar", "off": False}[args.progress] if is_main else False
 
-    from modeling.locate import NotFoundError, resolve_model
-
-    try:
-        args.model = resolve_model(args.model, "--model")
-    except NotFoundError as e:
-        _fail(str(e))
     try:
         examples = load_examples(args.data, limit=args.limit, offset=args.offset)
     except (FileNotFoundError, ValueError) as e:
