@@ -51,6 +51,12 @@ def _fail(message: str) -> NoReturn:
 
 def main() -> None:
     args = parse_args()
+    from modeling.locate import NotFoundError, resolve_model
+
+    try:  # first, before torch and transformers load: a mistyped --model is an error within seconds
+        args.model = resolve_model(args.model, "--model")
+    except NotFoundError as e:
+        _fail(str(e))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,12 +77,6 @@ def main() -> None:
     is_main = accelerator is None or accelerator.is_main_process
     progress = {"auto": True, "bar": "bar", "off": False}[args.progress] if is_main else False
 
-    from modeling.checkpoint import resolve_model_dir
-
-    args.model = resolve_model_dir(args.model)
-    looks_like_path = args.model.startswith((".", "~")) or os.path.isabs(args.model) or args.model.count("/") > 1
-    if looks_like_path and not os.path.isdir(os.path.expanduser(args.model)):
-        _fail(f"checkpoint folder {args.model} does not exist")
     try:
         examples = load_examples(args.data, limit=args.limit, offset=args.offset)
     except (FileNotFoundError, ValueError) as e:
@@ -136,8 +136,10 @@ def main() -> None:
     if not args.no_record and os.path.isdir(args.model):
         from modeling.report import record_hellaswag, recordable
 
+        # The whole split: from its start, and no --limit, or one beyond its end.
+        full = args.offset == 0 and (args.limit is None or len(examples) < args.limit)
         if recordable(args.model):
-            print(f"recorded in {record_hellaswag(args.model, report, data=args.data, offset=args.offset, n=len(examples), dtype=args.dtype)}")
+            print(f"recorded in {record_hellaswag(args.model, report, data=args.data, offset=args.offset, n=len(examples), dtype=args.dtype, full=full)}")
     if args.per_example:
         if result:  # our scores in each convention (plus the harness's, when it ran)
             result.write_per_example(args.per_example)

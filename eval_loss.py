@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from modeling.checkpoint import resolve_model_dir
+    from modeling.locate import NotFoundError, resolve_model
     from modeling.progress import quiet_library_bars
     from modeling.val_loss import compute_val_loss, resolve_settings
 
@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> None:
         accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if args.bf16 else "no")
         if accelerator.num_processes != launched:
             raise ConfigError(f"{launched} processes were launched but only {accelerator.num_processes} joined.")
-        model_dir = resolve_model_dir(args.model)
+        try:
+            model_dir = resolve_model(args.model, "--model")
+        except NotFoundError as e:
+            raise ConfigError(str(e)) from e
         try:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(accelerator.device)
         except OSError as e:

@@ -18,6 +18,8 @@ from modeling.report import (
     _fmt_count,
     _hellaswag_data_name,
     _param_count,
+    headline_evaluation,
+    is_full_set,
     wall_time_to,
 )
 
@@ -63,8 +65,13 @@ def model_index(facts: RunFacts, hub_dataset: str | None) -> list:
             dataset_type=hub_dataset or "local", dataset_name=facts.val_description(),
             dataset_split="validation", metric_type="loss", metric_name="val loss (nats per token)",
             metric_value=round(val["val_loss"], 4)))
-    for entry in facts.evaluations:
+    # The model-index groups results by (task, dataset type, config, split, revision), not by dataset name: each
+    # slice gets its own split (datasets' slice notation, e.g. validation[0:50]) and a local copy its file as the
+    # config, or every evaluation would be listed under the first one's name. The headline comes first.
+    headline = headline_evaluation(facts.evaluations)
+    for entry in sorted(facts.evaluations, key=lambda e: e is not headline):
         data = _hellaswag_data_name(entry.get("data_file"))
+        split = "validation" if is_full_set(entry) else f"validation[{entry['offset']}:{entry['offset'] + entry['n']}]"
         for key, label in (("nanogpt", "nanogpt convention, our scorer"), ("lm-eval", "lm-eval convention, our scorer"),
                            ("harness", "lm-evaluation-harness")):
             if key not in entry["results"]:
@@ -73,8 +80,8 @@ def model_index(facts: RunFacts, hub_dataset: str | None) -> list:
                 eval_results.append(EvalResult(
                     task_type="text-generation", task_name="HellaSwag (zero-shot)", dataset_type="Rowan/hellaswag",
                     dataset_name=f"HellaSwag, {entry['n']:,} examples from offset {entry['offset']} of {data}",
-                    dataset_split="validation", metric_type=metric, metric_name=f"{metric} ({label})",
-                    metric_value=round(entry["results"][key][metric], 4)))
+                    dataset_config=entry.get("data_file"), dataset_split=split, metric_type=metric,
+                    metric_name=f"{metric} ({label})", metric_value=round(entry["results"][key][metric], 4)))
     in_loop = facts.last("hellaswag")
     if not facts.evaluations and in_loop is not None and in_loop["step"] == facts.step:
         for key, convention in (("hellaswag", "nanogpt"), ("hellaswag_lm_eval", "lm-eval")):
@@ -189,9 +196,10 @@ def _results(facts: RunFacts) -> list[str]:
     if facts.evaluations:
         lines += ["### HellaSwag (zero-shot, `eval_hellaswag.py`)", "",
                   "| scorer | convention | acc | acc_norm | examples | data |", "|---|---|---|---|---|---|"]
-        for entry in facts.evaluations:
+        headline = headline_evaluation(facts.evaluations)
+        for entry in sorted(facts.evaluations, key=lambda e: e is not headline):
             data = _hellaswag_data_name(entry.get("data_file"))
-            n = f"{entry['n']:,} from offset {entry['offset']}"
+            n = f"{entry['n']:,} from offset {entry['offset']}" + (" (headline)" if entry is headline and len(facts.evaluations) > 1 else "")
             for key, scorer, convention in (("nanogpt", "ours", "nanogpt"), ("lm-eval", "ours", "lm-eval"),
                                             ("harness", "lm-evaluation-harness", "lm-eval")):
                 if key in entry["results"]:
@@ -199,6 +207,11 @@ def _results(facts: RunFacts) -> list[str]:
                     lines.append(f"| {scorer} | {convention} | {_pct(m['acc'])} | {_pct(m['acc_norm'])} | {n} | {data} |")
         harness = [e["results"]["harness"] for e in facts.evaluations if "disagreements_acc" in e["results"].get("harness", {})]
         lines.append("")
+        what = ("the full validation split" if is_full_set(headline) else
+                f"the largest evaluation recorded ({headline['n']:,} examples from offset {headline['offset']}); "
+                "there is no full-split result yet")
+        lines += [f"The headline result is {what}. Each row is its own evaluation; a smaller slice is a quick check, "
+                  "not a replacement.", ""]
         for h in harness:
             lines += [f"Our scorer and lm-evaluation-harness differ on {h['disagreements_acc']} acc and "
                       f"{h['disagreements_acc_norm']} acc_norm predictions out of {h['n']:,} (largest log-likelihood "

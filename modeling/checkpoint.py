@@ -28,10 +28,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-import torch
-
 from modeling.config import ConfigError
-from modeling.model import export_model
 from modeling.progress import drop_library_message
 from modeling.run_lock import hold_run_lock
 from modeling.shards import fsync_path
@@ -195,6 +192,8 @@ def all_ok(accelerator, ok: bool) -> bool:
     """True when ``ok`` holds on every process (a collective: every process must call it)."""
     if accelerator.num_processes == 1:
         return ok
+    import torch  # here, not at the top: finding checkpoints (modeling.locate) must not wait for torch
+
     flag = torch.tensor([0.0 if ok else 1.0], device=accelerator.device)
     return accelerator.reduce(flag, "sum").item() == 0
 
@@ -212,6 +211,8 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
 
     On any failure (a full disk, most often) no process hangs and nothing incomplete is left under a
     checkpoint's name; every process raises CheckpointSaveError."""
+    from modeling.model import export_model
+
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f"checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists():

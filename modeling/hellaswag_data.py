@@ -83,8 +83,14 @@ def _read_rows(source: str | None) -> tuple[list[dict], str]:
         return _read_hub(), f"Hub dataset {HUB_DATASET} ({HUB_SPLIT})"
     path = Path(source).expanduser()
     if not path.is_file():
-        hint = " (omit --data to read the Hub dataset Rowan/hellaswag)" if not path.exists() else ""
-        raise FileNotFoundError(f"HellaSwag file {path} does not exist or is not a file{hint}")
+        if path.exists():
+            raise FileNotFoundError(f"HellaSwag file {path} is not a file")
+        from modeling.locate import nearest_sibling
+
+        near = nearest_sibling(source)
+        hint = f"did you mean {near}? " if near else ""
+        raise FileNotFoundError(f"HellaSwag file {path} does not exist ({hint}omit --data to read the Hub dataset "
+                                "Rowan/hellaswag)")
     name = path.name.lower()
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq

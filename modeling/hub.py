@@ -16,20 +16,20 @@ import fnmatch
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from modeling import report
 from modeling.card import build_model_card
+from modeling.locate import HUB_ID
 
 # Top-level files of a Transformers folder that belong on the Hub.
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
                   "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json")
 REPORT_FILES = (report.CARD, *report.PLOTS, report.HELLASWAG_RESULTS, report.METRICS)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_REPO_ID = HUB_ID  # one owner of the rule: modeling.locate
 
 
 class HubError(ValueError):

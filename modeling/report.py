@@ -483,18 +483,44 @@ def recordable(checkpoint: str | Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK) and Path(constants.HF_HUB_CACHE).resolve() not in path.parents
 
 
+HELLASWAG_VAL_EXAMPLES = 10_042  # Rowan/hellaswag validation (and its local copies)
+
+
+def is_full_set(entry: dict) -> bool:
+    """An evaluation of the whole validation split (not a --limit/--offset slice)."""
+    return bool(entry.get("full", entry.get("offset") == 0 and entry.get("n") == HELLASWAG_VAL_EXAMPLES))
+
+
+def headline_evaluation(evaluations: list[dict]) -> dict | None:
+    """The result a card leads with: the full set if recorded, else the most examples (the latest of equals)."""
+    if not evaluations:
+        return None
+    return max(reversed(evaluations), key=lambda e: (is_full_set(e), e["n"]))
+
+
 def record_hellaswag(checkpoint: str | Path, results: dict, *, data: str | None, offset: int, n: int,
-                     dtype: str) -> Path:
-    """Add (or replace: same data, offset, examples and dtype) one evaluation in ``checkpoint/hellaswag_results.json``.
+                     dtype: str, full: bool | None = None) -> Path:
+    """Add one evaluation to ``checkpoint/hellaswag_results.json``, replacing an earlier one on the same slice (data
+    file, offset, examples): one result per slice, whatever the dtype. ``full``: the whole split was scored (default:
+    offset 0 and all 10,042 examples). Then the checkpoint's own card (README.md) and plots are rebuilt, so the
+    folder says what a push of it would say.
 
     The data is named by its file name only: the card is public, the local path is not its business."""
     path = Path(checkpoint) / HELLASWAG_RESULTS
     entry = {"data_file": Path(data).name if data else None, "offset": offset, "n": n, "dtype": dtype,
+             "full": bool(offset == 0 and n == HELLASWAG_VAL_EXAMPLES) if full is None else bool(full),
              "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"), "results": results}
-    key = ("data_file", "offset", "n", "dtype")
+    key = ("data_file", "offset", "n")
     evaluations = [e for e in (_read_json(path) or {}).get("evaluations", [])
                    if tuple(e.get(k) for k in key) != tuple(entry[k] for k in key)]
     _write_json_atomic(path, {"evaluations": evaluations + [entry]})
+    if RunFacts(checkpoint).is_training_run:  # a converted folder's own README.md is its author's: left alone
+        try:
+            write_report(checkpoint)
+        except Exception as e:  # noqa: BLE001 - the results are recorded; a card can be rebuilt later
+            print(f"warning: could not rebuild {Path(checkpoint) / CARD} ({type(e).__name__}: {e}); the results are "
+                  f"recorded in {path}. Retry with: python -m modeling.report {Path(checkpoint).parent} "
+                  f"--checkpoint {checkpoint}", file=sys.stderr)
     return path
 
 

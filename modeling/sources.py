@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from modeling.locate import looks_like_path, nearest_sibling
+
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".txt", ".txt.gz")
 
 
@@ -57,10 +59,8 @@ class Source:
 
 def looks_local(name: str) -> bool:
     """A path that exists, a glob, or anything that looks like a path (so a typo is a missing-path error, not a
-    Hub lookup). Hub ids look like ``owner/name``."""
-    if os.path.exists(name) or glob.has_magic(name):
-        return True
-    return name.startswith((".", "/", "~")) or name.endswith(LOCAL_SUFFIXES) or name.count("/") != 1
+    Hub lookup): modeling.locate's rule, with the file types read here. Hub ids look like ``owner/name``."""
+    return looks_like_path(name, LOCAL_SUFFIXES)
 
 
 def resolve_local_files(name: str) -> list[Path]:
@@ -76,8 +76,10 @@ def resolve_local_files(name: str) -> list[Path]:
     elif path.is_file():
         files = [path]
     else:
-        raise SourceError(f"{name}: no such file or directory. Give a parquet/jsonl/json/txt file, a directory or a "
-                          "glob, or a Hub dataset id such as HuggingFaceFW/fineweb-edu.")
+        near = nearest_sibling(name)
+        raise SourceError(f"{name}: no such file or directory{f' (did you mean {near}?)' if near else ''}. Give a "
+                          "parquet/jsonl/json/txt file, a directory or a glob, or a Hub dataset id such as "
+                          "HuggingFaceFW/fineweb-edu.")
     unsupported = [f for f in files if not f.name.endswith(LOCAL_SUFFIXES)]
     if unsupported:
         raise SourceError(f"{unsupported[0]}: unsupported file type. Supported: {', '.join(LOCAL_SUFFIXES)}"

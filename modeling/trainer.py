@@ -27,6 +27,7 @@ from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
 from modeling.faults import EvaluationInterrupted, StopSignals, TrainingStopped, check_step, nonfinite_message
 from modeling.lm_loss import CausalLMForTraining
+from modeling.locate import NotFoundError, resolve_model
 from modeling.memory import peak_memory_since_last
 from modeling.model import build_model, flops_per_token, load_model_config, load_pretrained_weights, num_params
 from modeling.profiling import StepProfiler, snapshot_on_oom
@@ -303,7 +304,11 @@ def _train(config: TrainingConfig) -> dict:
     # re-points the compiled wrapper at the bare module and accelerate then no longer finds DDP's no_sync.
     model = build_model(model_config, config.pad_vocab_to_multiple_of)
     if config.init_from and resume_from is None:  # weights only; optimizer, schedule and data start afresh
-        load_pretrained_weights(model, ckpt.resolve_model_dir(config.init_from))
+        try:
+            init_from = resolve_model(config.init_from, "--init_from")
+        except NotFoundError as e:
+            raise ConfigError(str(e)) from e
+        load_pretrained_weights(model, init_from)
         accelerator.print(f"initialised the weights from {config.init_from}")
     if config.gradient_checkpointing:  # Transformers' own: recompute each block's activations in backward
         enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.2x

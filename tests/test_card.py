@@ -5,6 +5,7 @@ import json
 import shutil
 
 from conftest import HELLASWAG_FILE
+from test_hub import run_cli
 from test_report import copy_run
 
 from modeling import report
@@ -97,3 +98,53 @@ def test_eval_hellaswag_results_go_into_the_card_with_their_convention_and_data(
     assert "differ on 0 acc and 0 acc_norm predictions out of 20" in card.text
 
 
+
+
+def hellaswag_results(acc_norm: float, n: int) -> dict:
+    return {"nanogpt": {"acc": acc_norm - 0.01, "acc_norm": acc_norm, "n": n, "truncated": 0},
+            "lm-eval": {"acc": acc_norm - 0.02, "acc_norm": acc_norm + 0.01, "n": n, "truncated": 0}}
+
+
+def test_each_hellaswag_slice_is_its_own_model_index_entry_and_the_folder_carries_the_pushed_card(tiny_run, tmp_path,
+                                                                                                  capsys):
+    """Issue 15's sequence: 500 examples, then 50, then the same 50 again with other numbers (a quick --limit run
+    redone): two HellaSwag entries, each under its own name, the 50's with the latest values, the 500 the headline;
+    the checkpoint's README.md is rebuilt each time and is the dry run's, but for the lines naming the repo."""
+    import difflib
+
+    from huggingface_hub import ModelCard
+
+    checkpoint = copy_run(tiny_run, tmp_path / "run")
+    for acc_norm, n in ((0.28, 500), (0.252, 50), (0.3, 50)):
+        report.record_hellaswag(checkpoint, hellaswag_results(acc_norm, n), data=str(HELLASWAG_FILE), offset=0, n=n,
+                                dtype="float32")
+    index = ModelCard.load(checkpoint / report.CARD).data.to_dict()["model-index"][0]["results"]
+    hellaswag = [r for r in index if r["task"]["name"] == "HellaSwag (zero-shot)"]
+    local = f"of local copy `{HELLASWAG_FILE.name}` of the validation split"
+    assert [r["dataset"]["name"] for r in hellaswag] == [f"HellaSwag, 500 examples from offset 0 {local}",
+                                                         f"HellaSwag, 50 examples from offset 0 {local}"]
+    assert [r["dataset"]["split"] for r in hellaswag] == ["validation[0:500]", "validation[0:50]"]
+    values = [{m["name"]: m["value"] for m in r["metrics"]} for r in hellaswag]
+    assert values[0]["acc_norm (nanogpt convention, our scorer)"] == 0.28 and len(values[0]) == 4
+    assert values[1] == {"acc (nanogpt convention, our scorer)": 0.29, "acc_norm (nanogpt convention, our scorer)": 0.3,
+                         "acc (lm-eval convention, our scorer)": 0.28, "acc_norm (lm-eval convention, our scorer)": 0.31}
+    text = (checkpoint / report.CARD).read_text()
+    assert "500 from offset 0 (headline)" in text and "The headline result is the largest evaluation recorded (500" in text
+
+    code, printed = run_cli([str(checkpoint), "--repo-id", "someone/tiny", "--dry-run", str(tmp_path / "up")], capsys)
+    assert code == 0, printed
+    pushed = (tmp_path / "up" / report.CARD).read_text()
+    # The repo id is known only at push time: the usage lines name it, and the title and model-index its name.
+    named = text.replace("path/to/this/folder", "someone/tiny").replace("tiny-test", "tiny")
+    assert named == pushed, "\n".join(line for line in difflib.ndiff(named.splitlines(), pushed.splitlines())
+                                      if line[:1] in "+-?")
+
+    # A full-split result is the headline, whatever came before; a smaller one never replaces it.
+    report.record_hellaswag(checkpoint, hellaswag_results(0.29, 10_042), data=None, offset=0, n=10_042, dtype="float32")
+    report.record_hellaswag(checkpoint, hellaswag_results(0.4, 50), data=None, offset=0, n=50, dtype="float32")
+    card = ModelCard.load(checkpoint / report.CARD)
+    first = card.data.to_dict()["model-index"][0]["results"]
+    first = [r for r in first if r["task"]["name"] == "HellaSwag (zero-shot)"]
+    assert len(first) == 4 and first[0]["dataset"]["split"] == "validation"
+    assert first[0]["dataset"]["name"].startswith("HellaSwag, 10,042 examples from offset 0 of `Rowan/hellaswag`")
+    assert "The headline result is the full validation split." in card.text

@@ -13,16 +13,24 @@ by this project, so running this task is an independent check of `modeling.hella
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import datasets
 from lm_eval.tasks.hellaswag.utils import process_docs as lm_eval_process_docs
+
+try:
+    from modeling.locate import looks_like_path, nearest_sibling
+except ImportError:  # lm_eval run from elsewhere with --include_path: this file lives in REPO/modeling/...
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from modeling.locate import looks_like_path, nearest_sibling
 
 DATA_ENV = "HELLASWAG_DATA"
 METADATA_KEY = "hellaswag_data"
 HUB_DATASET = "Rowan/hellaswag"
 logger = logging.getLogger("lm_eval.tasks.hellaswag_local")
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
 
 def _builder(path: Path) -> str | None:
@@ -42,9 +50,11 @@ def load_hellaswag(**metadata) -> datasets.DatasetDict:
         if builder is None:
             raise ValueError(f"hellaswag_local: {path} (from {origin}) is not .jsonl[.gz], .json[.gz] or .parquet")
         data = datasets.load_dataset(builder, data_files={"validation": str(path.resolve())}, split="validation")
-    elif path.suffix or source.startswith(("/", ".", "~")):  # a path (Hub ids are OWNER/NAME, no extension)
-        raise FileNotFoundError(f"hellaswag_local: HellaSwag file {path.resolve()} (from {origin}) does not exist. "
-                                f"Set ${DATA_ENV} or --metadata {METADATA_KEY}=PATH to an existing .jsonl[.gz] or .parquet.")
+    elif looks_like_path(source, _SUFFIXES):  # the project's one rule (modeling.locate): a typo is not a Hub id
+        near = nearest_sibling(source)
+        raise FileNotFoundError(f"hellaswag_local: HellaSwag file {path.resolve()} (from {origin}) does not exist"
+                                f"{f' (did you mean {near}?)' if near else ''}. Set ${DATA_ENV} or --metadata "
+                                f"{METADATA_KEY}=PATH to an existing .jsonl[.gz] or .parquet.")
     else:
         try:
             data = datasets.load_dataset(source, split="validation")
