@@ -2,6 +2,7 @@
 dying ranks. Each test injects one fault into a real run of the tiny preset and checks what a user relies on."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -340,3 +341,34 @@ def test_processes_that_do_not_share_the_output_dir_are_told_checkpoints_need_a_
 
 def launch_ddp_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return launch_cpu(["tests/inject_fault.py", *args], timeout=timeout)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 90 MB filesystem (tmpfs): a tiny checkpoint (~57 MB) fits once, not twice. Needs root."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=90M", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_real_full_disk_ends_in_one_line_and_leaves_no_tmp(tmp_path, data_dir, small_disk):
+    out = small_disk / "run"
+    done = subprocess.run([sys.executable, "train_hf.py", "--data_dir", str(data_dir), "--output_dir", str(out),
+                           *cli("max_steps", 6, "save_steps", 2, "eval_steps", 4)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    found = re.search(r"checkpoint-4 failed: .*needs about (\d+) MB; (\d+) MB are free .*newest complete checkpoint "
+                      r"is .*checkpoint-2\.", errors[0])
+    assert found, errors[0]
+    size = sum(p.stat().st_size for p in (out / "checkpoint-2").rglob("*") if p.is_file())
+    assert int(found[1]) == round(size / 2**20)  # what a checkpoint takes, as the last one did
+    # The free space it reports is there once it is done: the half-written files were closed and removed.
+    assert abs(int(found[2]) - shutil.disk_usage(out).free / 2**20) < 1.5
+    assert not [p for p in out.iterdir() if ".tmp" in p.name or ".trash" in p.name]  # the space is given back
+    assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
