@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run, tmpfs
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError
 
@@ -346,13 +346,8 @@ def launch_ddp_script(args: list[str], timeout: float) -> subprocess.CompletedPr
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 90 MB filesystem (tmpfs): a tiny checkpoint (~57 MB) fits once, not twice. Needs root."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=90M", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "90M") as mount:
+        yield mount
 
 
 def test_a_real_full_disk_ends_in_one_line_and_leaves_no_tmp(tmp_path, data_dir, small_disk):
