@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 
 from modeling.config import ConfigError
 from modeling.data import NoShardsError
+from modeling.files import FileFormatError
 from modeling.shards import ShardFormatError
 from modeling.val_loss import ValLossArguments
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         except OSError as e:
             raise ConfigError(f"cannot load the model {model_dir}: {e}") from e
         result = {"model": model_dir, **compute_val_loss(model, settings, accelerator)}
-    except (ConfigError, NoShardsError, ShardFormatError) as e:
+    except (ConfigError, FileFormatError, NoShardsError, ShardFormatError) as e:
         sys.exit(f"eval_loss.py: error: {e}")
     if accelerator.is_main_process:
         print(f"val_loss {result['val_loss']:.4f}  {result['model']} on {result['windows']} windows x {result['seq_len']} "

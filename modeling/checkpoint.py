@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from modeling.config import ConfigError
+from modeling.files import FileFormatError, read_json
 from modeling.model import export_model
 from modeling.shards import fsync_path
 
@@ -53,10 +54,11 @@ def incomplete_reason(path: Path) -> str | None:
     if not marker.is_file():
         return f"no {STATE_DIR}/{MARKER} (the marker written last)"
     try:
-        files = json.loads(marker.read_text())["files"]
-    except (json.JSONDecodeError, KeyError) as e:
+        files = read_json(marker, "checkpoint marker")["files"]
+        items = [(str(name), int(size)) for name, size in files.items()]
+    except (FileFormatError, OSError, KeyError, TypeError, ValueError, AttributeError) as e:
         return f"unreadable {STATE_DIR}/{MARKER} ({e})"
-    for name, size in files.items():
+    for name, size in items:
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
@@ -114,7 +116,7 @@ def resolve_model_dir(path: str | Path) -> str:
 
 
 def read_run_config(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_DIR / RUN_CONFIG).read_text())
+    return read_json(checkpoint / STATE_DIR / RUN_CONFIG, "run configuration")
 
 
 def _plain_key(name: str) -> str:
@@ -123,7 +125,7 @@ def _plain_key(name: str) -> str:
 
 
 def read_train_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_DIR / TRAIN_STATE).read_text())
+    return read_json(checkpoint / STATE_DIR / TRAIN_STATE, "train state")
 
 
 def remove(path: Path) -> None:

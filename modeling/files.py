@@ -58,21 +58,29 @@ def read_jsonl(path: str | Path, quiet: bool = False) -> list[dict]:
     return records
 
 
-def text_lines(path: str | Path) -> Iterator[str]:
-    """The lines of a text file, gunzipped if it ends in .gz. A truncated or non-gzip .gz and bad UTF-8 are a
-    FileFormatError naming the file (and the line)."""
+def byte_lines(path: str | Path) -> Iterator[bytes]:
+    """The raw lines of a file, gunzipped if its name ends in .gz. A truncated or non-gzip .gz is a
+    FileFormatError naming the file and the last line read."""
     path = Path(path)
     number = 0
-    try:  # bytes decoded line by line, so a bad byte is reported at its own line
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
             for number, raw in enumerate(f, 1):  # noqa: B007 - number is read in the handlers
-                yield raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FileFormatError(f"{path}, line {number}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at column "
-                              f"{e.start + 1}). Fix the file or get a fresh copy.") from None
+                yield raw
     except EOFError:
         raise FileFormatError(f"{path}: the compressed file ends early (after line {number}): it was cut short, e.g. "
-                              "by an interrupted download. Get a fresh copy.") from None
+                              "by an interrupted download or copy. Get a fresh copy.") from None
     except (gzip.BadGzipFile, zlib.error) as e:
-        raise FileFormatError(f"{path}: not a valid gzip file ({e}). Get a fresh copy, or drop the .gz suffix if it is "
-                              "plain text.") from None
+        raise FileFormatError(f"{path}: not a valid gzip file ({e}; after line {number}). Get a fresh copy, or drop "
+                              "the .gz suffix if it is plain text.") from None
+
+
+def text_lines(path: str | Path) -> Iterator[str]:
+    """The lines of a text file as byte_lines reads it, decoded line by line, so bad UTF-8 is a FileFormatError
+    naming the file and its own line."""
+    for number, raw in enumerate(byte_lines(path), 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FileFormatError(f"{path}, line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                  f"{e.start + 1}). Fix the file or get a fresh copy.") from None

@@ -28,7 +28,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from modeling.files import FileFormatError, read_jsonl
+from modeling.files import FileFormatError, read_json, read_jsonl
 
 METRICS = "metrics.jsonl"
 RUN_INFO = "run_info.json"
@@ -64,7 +64,7 @@ def read_metrics(output_dir: str | Path, up_to_step: int | None = None, quiet: b
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from modeling.files import FileFormatError, read_json
+
 MAGIC = 20240520
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -153,10 +155,10 @@ def load_manifest(data_dir: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardFormatError(f"{path}: not valid JSON ({e}). HINT: delete the directory's manifest.json and shards "
-                               "and rerun prepare_data.py.") from e
+        return read_json(path, "shard manifest")
+    except FileFormatError as e:
+        raise ShardFormatError(f"{e} HINT: delete the directory's manifest.json and shards and rerun "
+                               "prepare_data.py.") from None
 
 
 def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:

@@ -367,3 +367,37 @@ def test_a_real_full_disk_ends_in_one_line_and_leaves_no_tmp(tmp_path, data_dir,
     assert abs(int(found[2]) - shutil.disk_usage(out).free / 2**20) < 1.5
     assert not [p for p in out.iterdir() if ".tmp" in p.name or ".trash" in p.name]  # the space is given back
     assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
+
+
+def test_a_damaged_json_file_of_a_run_is_named_and_latest_skips_an_unreadable_marker(tmp_path, data_dir, reference,
+                                                                                      capsys):
+    from modeling.files import FileFormatError
+    from modeling.shards import ShardFormatError, load_manifest
+
+    reference_dir, _ = reference
+    out = tmp_path / "run"
+    for step in (2, 4, 6):
+        shutil.copytree(reference_dir / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    state = out / "checkpoint-6" / "training_state"
+    marker = (state / "complete.json").read_bytes()
+    (state / "complete.json").write_bytes(marker[:len(marker) // 2])  # cut in half
+    (out / "checkpoint-4" / "training_state" / "complete.json").write_bytes(b"\xff" * 16)  # not even text
+    assert ckpt.find_checkpoint(out, "latest") == out / "checkpoint-2"
+    printed = capsys.readouterr().out
+    assert f"skipping {out / 'checkpoint-6'}: not a complete checkpoint (unreadable training_state/complete.json" \
+           in printed and f"skipping {out / 'checkpoint-4'}" in printed
+    for name, read in (("run_config.json", ckpt.read_run_config), ("train_state.json", ckpt.read_train_state)):
+        text = (out / "checkpoint-2" / "training_state" / name).read_bytes()
+        (out / "checkpoint-2" / "training_state" / name).write_bytes(text[:len(text) // 2])
+        with pytest.raises(FileFormatError, match=rf"{re.escape(str(out / 'checkpoint-2' / 'training_state' / name))}"
+                                                  r", line \d+: not valid"):
+            read(out / "checkpoint-2")
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    text = (data / "manifest.json").read_bytes()
+    (data / "manifest.json").write_bytes(text[:len(text) // 2])
+    with pytest.raises(ShardFormatError, match=rf"{re.escape(str(data / 'manifest.json'))}, line \d+: not valid"):
+        load_manifest(data)
+    # A cut file the marker lists no longer has its recorded size: latest names it and does not resume it.
+    assert ckpt.find_checkpoint(out, "latest") is None
+    assert "run_config.json has" in capsys.readouterr().out

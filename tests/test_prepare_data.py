@@ -257,3 +257,19 @@ def test_a_real_full_disk_stops_in_one_line_and_the_rerun_continues_byte_identic
         subprocess.run([sys.executable, "prepare_data.py", *args, "--out", str(out)], cwd=ROOT, check=True,
                        capture_output=True)
         assert shard_bytes(out) == shard_bytes(reference)
+
+
+@needs_fineweb
+def test_a_truncated_or_non_gzip_source_is_named_in_one_line(tmp_path):
+    data = next(FINEWEB_SAMPLE.glob("*.jsonl.gz")).read_bytes()
+    cases = {"cut.jsonl.gz": (data[:len(data) // 3], "the compressed file ends early"),
+             "plain.jsonl.gz": (gzip.decompress(data)[:5000], "not a valid gzip file")}
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        out = tmp_path / f"out-{name}"
+        done = subprocess.run([sys.executable, "prepare_data.py", "--source", str(tmp_path / name), "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"prepare_data.py: error: {tmp_path / name}: {expected}"), done.stderr[-2000:]
+        assert not list(out.glob("*.tmp"))
