@@ -234,3 +234,23 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode != 0 and "Traceback" not in done.stderr, (name, done.stderr[-2000:])
         assert f"{log}, line 3: not JSON" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_staging_copies_only_the_checkpoints_own_files(tiny_run, tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint-6"
+    shutil.copytree(tiny_run / "checkpoint-6", checkpoint)
+    (checkpoint / "pytorch_model.bin").write_bytes(b"stray weights of another export")
+    out = tmp_path / "up"
+    code, _ = run_cli([str(checkpoint), "--repo-id", "someone/tiny", "--dry-run", str(out)], capsys)
+    assert code == 0 and not (out / "pytorch_model.bin").exists()  # one weights format: the safetensors
+    weights = checkpoint / "model.safetensors"
+    assert (out / "model.safetensors").stat().st_ino != weights.stat().st_ino and weights.stat().st_nlink == 1
+    before = (checkpoint / "config.json").read_bytes()
+    (out / "config.json").write_text("{}")  # editing the staged folder in place leaves the checkpoint as it was
+    assert (checkpoint / "config.json").read_bytes() == before
+    outside = tmp_path / "elsewhere.json"  # the same bytes, so the checkpoint still looks complete
+    (checkpoint / "tokenizer_config.json").rename(outside)
+    (checkpoint / "tokenizer_config.json").symlink_to(outside)
+    code, _ = run_cli([str(checkpoint), "--repo-id", "someone/tiny", "--dry-run", str(tmp_path / "up2")], capsys)
+    assert code != 0 and "tokenizer_config.json is a symlink to" in str(code) and "outside the checkpoint" in str(code)
+    assert not (tmp_path / "up2").exists() and not (tmp_path / "up2.tmp").exists()
