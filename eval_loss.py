@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 
 from modeling.config import ConfigError
 from modeling.data import NoShardsError
+from modeling.files import FileFormatError
 from modeling.shards import ShardFormatError
 from modeling.val_loss import ValLossArguments
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         except OSError as e:
             raise ConfigError(f"cannot load the model {model_dir}: {e}") from e
         result = {"model": model_dir, **compute_val_loss(model, settings, accelerator)}
-    except (ConfigError, NoShardsError, ShardFormatError) as e:
+    except (ConfigError, FileFormatError, NoShardsError, ShardFormatError) as e:
         sys.exit(f"eval_loss.py: error: {e}")
     if accelerator.is_main_process:
         bpb = f" ({result['val_bpb']:.4f} bits/byte)" if result["val_bpb"] is not None else ""

@@ -10,7 +10,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from modeling.prepare import OutputDirError, PrepareArguments, prepare_shards
+from modeling.prepare import OutputDirError, PrepareArguments, WriteFailedError, prepare_shards
 from modeling.progress import quiet_library_bars
 from modeling.shards import ShardFormatError
 from modeling.sources import SourceError
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
             print(verify_shards(args.verify, progress=True).summary(args.verify))
             return
         manifest = prepare_shards(args, command=shlex.join(["prepare_data.py", *argv]))
-    except (SourceError, OutputDirError, ShardFormatError, TokenizerNotFoundError, ValueError, FileNotFoundError) as e:
+    except (SourceError, OutputDirError, WriteFailedError, ShardFormatError, TokenizerNotFoundError, ValueError, FileNotFoundError) as e:
         sys.exit(f"prepare_data.py: error: {e}")
     totals = manifest["totals"]
     print(f"{args.out}: {len(manifest['shards'])} shards, {totals['docs']:,} documents, {totals['tokens']:,} tokens "

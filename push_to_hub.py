@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from modeling import hub
+    from modeling.files import FileFormatError
 
     try:
         hub.check_repo_id(args.repo_id)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         url = hub.push(args.checkpoint, args.repo_id, private=args.private, revision=args.revision,
                        commit_message=args.commit_message, dataset_id=args.dataset, license=args.license)
         print(f"pushed: {url}")
-    except hub.HubError as e:
+    except (hub.HubError, FileFormatError) as e:
         sys.exit(f"push_to_hub.py: error: {e}")
 
 

@@ -12,6 +12,7 @@ import sys
 
 from modeling.config import ConfigError, parse_training_config
 from modeling.data import NoShardsError
+from modeling.files import FileFormatError
 from modeling.shards import ShardFormatError
 from modeling.tokenizer import TokenizerNotFoundError
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         except CheckpointSaveError as e:
             sys.exit(f"{who}: error: {e}")
-    except (ConfigError, NoShardsError, ShardFormatError, TokenizerNotFoundError) as e:
+    except (ConfigError, FileFormatError, NoShardsError, ShardFormatError, TokenizerNotFoundError) as e:
         sys.exit(f"{who}: error: {e}")
     except Exception as e:
         if who != "train_hf.py":  # the launcher's summary shows tracebacks; say in one line which rank failed and why

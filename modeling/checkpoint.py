@@ -21,6 +21,7 @@ process and broadcast, so every process resumes from the same checkpoint.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import uuid
 from pathlib import Path
 
 from modeling.config import ConfigError
+from modeling.files import FileFormatError, read_json
 from modeling.progress import drop_library_message
 from modeling.run_lock import hold_run_lock
 from modeling.shards import fsync_path
@@ -60,10 +62,11 @@ def incomplete_reason(path: Path) -> str | None:
     if not marker.is_file():
         return f"no {STATE_DIR}/{MARKER} (the marker written last)"
     try:
-        files = json.loads(marker.read_text())["files"]
-    except (json.JSONDecodeError, KeyError) as e:
+        files = read_json(marker, "checkpoint marker")["files"]
+        items = [(str(name), int(size)) for name, size in files.items()]
+    except (FileFormatError, OSError, KeyError, TypeError, ValueError, AttributeError) as e:
         return f"unreadable {STATE_DIR}/{MARKER} ({e})"
-    for name, size in files.items():
+    for name, size in items:
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
@@ -134,7 +137,7 @@ def resolve_model_dir(path: str | Path) -> str:
 
 
 def read_run_config(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_DIR / RUN_CONFIG).read_text())
+    return read_json(checkpoint / STATE_DIR / RUN_CONFIG, "run configuration")
 
 
 def _plain_key(name: str) -> str:
@@ -143,7 +146,7 @@ def _plain_key(name: str) -> str:
 
 
 def read_train_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_DIR / TRAIN_STATE).read_text())
+    return read_json(checkpoint / STATE_DIR / TRAIN_STATE, "train state")
 
 
 def remove(path: Path) -> None:
@@ -204,6 +207,17 @@ def checkpoint_size(model) -> int:
     return 4 * weights
 
 
+def _without_frames(error: BaseException) -> BaseException:
+    """``error`` with no traceback on it or on the errors it chains: their frames hold the half-written files
+    open, and a deleted file's space is only free once it is closed."""
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__context__ or e.__cause__
+    return error
+
+
 def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_config, tokenizer, run_config: dict,
                     train_state: dict, save_total_limit: int | None = None) -> Path:
     """Save on every process (each writes its share of the state); the main process writes the Transformers
@@ -231,8 +245,8 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
             tokenizer.save_pretrained(tmp)
             (tmp / STATE_DIR / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
             (tmp / STATE_DIR / TRAIN_STATE).write_text(json.dumps(train_state, indent=2) + "\n")
-    except OSError as e:
-        error = e
+    except Exception as e:  # noqa: BLE001 - a full disk is an OSError here, torch's zip writer's RuntimeError
+        error = _without_frames(e)  # ("unexpected pos"), or safetensors' own: each ends in the same message
     # Every process has finished writing its part (or failed) before the checkpoint is marked complete.
     if all_ok(accelerator, error is None) and accelerator.is_main_process:
         try:
@@ -241,26 +255,35 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
             tmp.rename(final)
             fsync_path(output_dir)
             rotate_checkpoints(output_dir, save_total_limit, keep_also=final)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - as above
             error = e
     if not all_ok(accelerator, error is None):
+        gc.collect()  # a writer caught in a reference cycle still holds its (deleted) file's space
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointSaveError(_save_error_message(error, final, output_dir, model))
     return final
 
 
-def _save_error_message(error: OSError | None, final: Path, output_dir: Path, model) -> str:
+def _save_error_message(error: BaseException | None, final: Path, output_dir: Path, model) -> str:
+    """One line. The free space is measured after the ``.tmp`` was removed, so it is what a retry would have."""
     previous = newest_checkpoint(output_dir)
     kept = f"The newest complete checkpoint is {previous}." if previous else "There is no complete checkpoint yet."
     if error is None:
         return f"Saving {final} failed on another process (see its error). Nothing was left half-written. {kept}"
-    what = f"Saving {final} failed: {error.strerror or error}."
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        free = shutil.disk_usage(output_dir).free
-        what += (f" A checkpoint of this model needs about {checkpoint_size(model) / 2**20:,.0f} MB; "
-                 f"{free / 2**20:,.0f} MB are free on {output_dir}'s filesystem. Free space, or lower "
-                 "save_total_limit, then resume with --resume_from_checkpoint latest.")
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:  # torch's and safetensors' messages can span lines (a C++ stack): the first says what failed
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].strip()}"
+    # the last checkpoint's own size where there is one (it includes the tokenizer and the card), else the estimate
+    needed = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else checkpoint_size(model)
+    free = shutil.disk_usage(output_dir).free
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed
+    what = f"Saving {final} failed: {reason}."
+    if full:  # whatever the library raised, a checkpoint that does not fit is the likely cause
+        what += (f" A checkpoint of this model needs about {needed / 2**20:,.0f} MB; {free / 2**20:,.0f} MB are free "
+                 f"on {output_dir}'s filesystem. Free space, or lower save_total_limit, then resume with "
+                 "--resume_from_checkpoint latest.")
     return f"{what} Nothing was left half-written. {kept}"
 
 

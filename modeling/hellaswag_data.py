@@ -16,11 +16,12 @@ Conventions (how an example becomes a context and four continuations):
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from modeling.files import text_lines
 
 HUB_DATASET = "Rowan/hellaswag"
 HUB_SPLIT = "validation"
@@ -106,19 +107,17 @@ def _read_rows(source: str | None) -> tuple[list[dict], str]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {line_number} is not valid JSON ({e.msg}); expected one object per line") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {line_number} is a {type(row).__name__}, expected a JSON object")
-            rows.append(row)
+    for line_number, line in enumerate(text_lines(path), start=1):  # a bad .gz or bad UTF-8 is named there
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {line_number} is not valid JSON ({e.msg}); expected one object per line") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {line_number} is a {type(row).__name__}, expected a JSON object")
+        rows.append(row)
     return rows
 
 

@@ -75,11 +75,22 @@ def check_checkpoint(folder: str | Path) -> Path:
     return folder
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # no second copy of a 500 MB weights file when on the same filesystem
-    except OSError:
-        shutil.copy2(src, dst)
+def _staged_files(checkpoint: Path) -> list[Path]:
+    """The checkpoint's files an upload takes: regular files inside it, matching MODEL_PATTERNS, and one weights
+    format only (a stray pytorch_model.bin beside model.safetensors is not what from_pretrained loads)."""
+    root = checkpoint.resolve()
+    taken = []
+    for src in sorted(checkpoint.iterdir()):
+        if not any(fnmatch.fnmatch(src.name, p) for p in MODEL_PATTERNS):
+            continue
+        if src.is_symlink() and not src.resolve().is_relative_to(root):
+            raise HubError(f"{src} is a symlink to {os.readlink(src)}, outside the checkpoint; an upload takes only "
+                           "the checkpoint's own files. Replace it with the file itself.")
+        if src.is_file():
+            taken.append(src)
+    if any(p.name.endswith(".safetensors") for p in taken):
+        taken = [p for p in taken if not p.name.startswith("pytorch_model")]
+    return taken
 
 
 def stage(checkpoint: str | Path, out: str | Path, *, repo_id: str | None = None, dataset_id: str | None = None,
@@ -95,13 +106,14 @@ def stage(checkpoint: str | Path, out: str | Path, *, repo_id: str | None = None
         if strangers:
             raise HubError(f"{out} exists and holds files that are not part of an upload ({', '.join(sorted(strangers)[:5])}); "
                            "choose a new or empty folder.")
+    staged = _staged_files(checkpoint)  # refusals before anything is written
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for src in sorted(checkpoint.iterdir()):
-        if src.is_file() and any(fnmatch.fnmatch(src.name, p) for p in MODEL_PATTERNS):
-            _link_or_copy(src, tmp / src.name)
+    for src in staged:
+        # A copy, never a hard link: editing the staged folder must not change the checkpoint (nor its marker).
+        shutil.copyfile(src, tmp / src.name)
     if (checkpoint / report.HELLASWAG_RESULTS).is_file():
         shutil.copy2(checkpoint / report.HELLASWAG_RESULTS, tmp / report.HELLASWAG_RESULTS)
     facts = report.RunFacts(checkpoint)
@@ -213,7 +225,7 @@ def place_in_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | Non
     for path in files:
         dest = snapshot / path.relative_to(folder)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(path, dest)
+        shutil.copyfile(path, dest)  # a copy: the cache must not share the checkpoint's bytes
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / revision).write_text(commit)
     return snapshot

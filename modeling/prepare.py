@@ -16,7 +16,9 @@ tokenizing them, and continues; the output is byte-identical to an uninterrupted
 from __future__ import annotations
 
 import datetime
+import errno
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,6 +74,31 @@ class PrepareArguments:
 
 class OutputDirError(ValueError):
     """The output directory holds shards this run must not mix with."""
+
+
+class WriteFailedError(OSError):
+    """Writing a shard or the manifest failed (a full disk, most often); the message says where the run stopped."""
+
+
+def _is_write_error(out: Path, error: OSError) -> bool:
+    """A full disk or quota, or anything failing on a file of ``out`` (not a source file failing to read)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return bool(error.filename) and Path(error.filename).resolve().is_relative_to(out.resolve())
+
+
+def _write_failed(out: Path, error: OSError, manifest: dict) -> WriteFailedError:
+    shards = (shardio.load_manifest(out) or manifest)["shards"]  # what is on disk, which a rerun continues from
+    where = (f"the manifest lists the {len(shards)} finished shard(s) ({sum(s['tokens'] for s in shards):,} tokens, up "
+             f"to document {shards[-1]['end']['doc']:,})" if shards else "the manifest lists no finished shard yet")
+    try:
+        free = f"{shutil.disk_usage(out).free / 2**20:,.0f} MB are free on its filesystem; "
+    except OSError:
+        free = ""
+    name = f" ({error.filename})" if error.filename else ""
+    return WriteFailedError(f"{out}: writing failed: {error.strerror or error}{name}. {free}{where}, and nothing "
+                            "half-written is left. Free space, then run the same command again: it continues from "
+                            "there.")
 
 
 def _identity(args: PrepareArguments, source: Source, vocab_size: int) -> dict:
@@ -260,6 +287,19 @@ def prepare_shards(args: PrepareArguments, command: str = "",
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "complete": False, "shards": kept}
 
+    try:
+        return _write_shards(args, source, enc, out, manifest, after_shard, progress)
+    except WriteFailedError:
+        raise
+    except OSError as e:  # the disk filled (or went away) under us: say where it stopped, in one line
+        if not _is_write_error(out, e):
+            raise
+        raise _write_failed(out, e, manifest) from None
+
+
+def _write_shards(args: PrepareArguments, source: Source, enc, out: Path, manifest: dict,
+                  after_shard: Callable[[dict], None] | None, progress: bool) -> dict:
+    kept = manifest["shards"]
     # On disk before the first shard: a crash at any point leaves a manifest that says "not complete" and lists
     # exactly the finished shards, so a rerun knows the directory is its own and training refuses it.
     _write_manifest(out, manifest)

@@ -28,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from modeling.files import FileFormatError, read_json, read_jsonl
+
 METRICS = "metrics.jsonl"
 RUN_INFO = "run_info.json"
 HELLASWAG_RESULTS = "hellaswag_results.json"
@@ -51,26 +53,18 @@ CONVENTION_LABELS = {"nanogpt": "nanogpt convention (acc_norm per token, as buil
 # Reading a run
 
 
-def read_metrics(output_dir: str | Path, up_to_step: int | None = None) -> list[dict]:
-    """metrics.jsonl as a list of records (empty if absent), optionally only the steps <= ``up_to_step``."""
+def read_metrics(output_dir: str | Path, up_to_step: int | None = None, quiet: bool = False) -> list[dict]:
+    """metrics.jsonl as a list of records (empty if absent), optionally only the steps <= ``up_to_step``.
+
+    The rule for a damaged log is files.read_jsonl's, the same for the trainer, the card and the plots."""
     path = Path(output_dir) / METRICS
     if not path.is_file():
         return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not JSON ({e}); the file is the trainer's log, one object a line")
-        if up_to_step is None or record.get("step", 0) <= up_to_step:
-            records.append(record)
-    return records
+    return [r for r in read_jsonl(path, quiet=quiet) if up_to_step is None or r.get("step", 0) <= up_to_step]
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -537,10 +531,13 @@ def main(argv: list[str] | None = None) -> None:
     if not (output_dir / METRICS).is_file():
         sys.exit(f"modeling.report: error: {output_dir / METRICS} does not exist; pass a training output_dir")
     checkpoint = Path(args.checkpoint) if args.checkpoint else newest_checkpoint(output_dir)
-    facts = RunFacts(checkpoint, output_dir)
-    written = write_plots(facts, output_dir)
-    if checkpoint is not None:
-        written += write_report(checkpoint, output_dir=output_dir, dataset_id=args.dataset)
+    try:
+        facts = RunFacts(checkpoint, output_dir)
+        written = write_plots(facts, output_dir)
+        if checkpoint is not None:
+            written += write_report(checkpoint, output_dir=output_dir, dataset_id=args.dataset)
+    except FileFormatError as e:
+        sys.exit(f"modeling.report: error: {e}")
     for path in written:
         print(f"wrote {path}")
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from modeling.files import FileFormatError, read_json
+
 MAGIC = 20240520
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -119,9 +121,13 @@ class ShardFile:
         return digest
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        try:
+            if not self._file.closed:
+                self._file.close()  # flushes: on a full disk this raises too
+        except OSError:
+            pass
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
 
 def write_shard(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int = 2**16) -> str:
@@ -134,10 +140,14 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int = 2
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: the previous file stays, no half-written .tmp beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_manifest(data_dir: str | os.PathLike) -> dict | None:
@@ -145,10 +155,10 @@ def load_manifest(data_dir: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardFormatError(f"{path}: not valid JSON ({e}). HINT: delete the directory's manifest.json and shards "
-                               "and rerun prepare_data.py.") from e
+        return read_json(path, "shard manifest")
+    except FileFormatError as e:
+        raise ShardFormatError(f"{e} HINT: delete the directory's manifest.json and shards and rerun "
+                               "prepare_data.py.") from None
 
 
 def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:

@@ -8,13 +8,13 @@ Local formats, by file name: ``.parquet``; ``.jsonl`` / ``.json`` (one JSON obje
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from modeling.files import byte_lines
 from modeling.locate import looks_like_path, nearest_sibling
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".txt", ".txt.gz")
@@ -87,36 +87,32 @@ def resolve_local_files(name: str) -> list[Path]:
     return files
 
 
-def _open(path: Path):
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
-
-
 def _json_lines(path: Path, text_field: str, skip: int) -> Iterator[str | None]:
     """Yields each line's text, or None for lines skipped on resume (they are counted, not decoded)."""
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if skip > 0:
-                skip -= 1
-                yield None
-                continue
-            try:
-                record = json.loads(line)
-            except UnicodeDecodeError as e:
-                raise SourceError(f"{path}:{lineno}: bytes that are not UTF-8 ({e.reason} at byte {e.start}). "
-                                  "Re-encode the file as UTF-8.") from e
-            except json.JSONDecodeError as e:
-                hint = " The file looks like one JSON array; convert it to JSON Lines." if lineno == 1 and line.lstrip()[:1] == b"[" else ""
-                raise SourceError(f"{path}:{lineno}: not a JSON object per line ({e.msg}).{hint}") from e
-            if not isinstance(record, dict) or text_field not in record:
-                fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise SourceError(f"{path}:{lineno}: no field {text_field!r}; the record has {fields}. "
-                                  "Choose one with --text-field.")
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise SourceError(f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, not a string.")
-            yield text
+    # byte_lines names the file when a .gz is truncated or not gzip
+    for lineno, line in enumerate(byte_lines(path), 1):
+        if not line.strip():
+            continue
+        if skip > 0:
+            skip -= 1
+            yield None
+            continue
+        try:
+            record = json.loads(line)
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path}:{lineno}: bytes that are not UTF-8 ({e.reason} at byte {e.start}). "
+                              "Re-encode the file as UTF-8.") from e
+        except json.JSONDecodeError as e:
+            hint = " The file looks like one JSON array; convert it to JSON Lines." if lineno == 1 and line.lstrip()[:1] == b"[" else ""
+            raise SourceError(f"{path}:{lineno}: not a JSON object per line ({e.msg}).{hint}") from e
+        if not isinstance(record, dict) or text_field not in record:
+            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise SourceError(f"{path}:{lineno}: no field {text_field!r}; the record has {fields}. "
+                              "Choose one with --text-field.")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise SourceError(f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, not a string.")
+        yield text
 
 
 def _parquet_texts(path: Path, text_field: str, skip: int) -> Iterator[str | None]:
@@ -150,8 +146,7 @@ def _text_file(path: Path, skip: int) -> Iterator[str | None]:
     if skip > 0:
         yield None
         return
-    with _open(path) as f:
-        data = f.read()
+    data = b"".join(byte_lines(path))
     try:
         yield data.decode("utf-8")
     except UnicodeDecodeError as e:

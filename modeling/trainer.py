@@ -33,7 +33,7 @@ from modeling.model import build_model, flops_per_token, load_model_config, load
 from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import quiet_library_bars
-from modeling.report import RunInfo, finish_run
+from modeling.report import RunInfo, finish_run, read_metrics
 from modeling.run_lock import release_run_lock
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
@@ -88,18 +88,7 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_step: int):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():  # drop what was logged after the checkpoint we resume from
-            lines = path.read_text().split("\n")
-            records = []
-            for number, line in enumerate(lines, 1):
-                if not line:
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    if number != len(lines):  # only the last line, with no newline yet, can be torn by a kill
-                        raise ConfigError(f"{path}, line {number}: not JSON ({line[:60]!r}). Fix or delete it.") from None
-                    print(f"{path}: dropped a torn last line (the run was killed while writing it)")
-            kept = [r for r in records if r["step"] <= resume_step]
+            kept = read_metrics(path.parent, up_to_step=resume_step)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, path)

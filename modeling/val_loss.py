@@ -12,7 +12,6 @@ over tokens and processes. So the number is the same on 1 or N processes, and th
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import TokenWindows
+from modeling.files import read_json
 from modeling.model import causal_lm_loss
 from modeling.tokenizer import TokenizerNotFoundError, get_hf_tokenizer
 
@@ -116,7 +116,7 @@ def _run_config(like: str) -> dict:
     path = Path(like)
     if path.is_dir() and not (path / ckpt.STATE_DIR).is_dir():
         if (path / "run_config.json").is_file():
-            return json.loads((path / "run_config.json").read_text())
+            return read_json(path / "run_config.json", "run configuration")
         if (newest := ckpt.newest_checkpoint(path)) is None:
             raise ConfigError(f"--like {like}: neither a checkpoint-N folder nor a training output_dir with checkpoints.")
         path = newest

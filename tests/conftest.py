@@ -1,5 +1,6 @@
 """Shared test set-up: offline mode, where ../shared/data is, and skips with a reason when it is absent."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -129,3 +130,20 @@ def tiny_run(tmp_path_factory):
     run(root / "run", root / "data", total_batch_size=128, warmup_steps=2, hellaswag_steps=3, hellaswag_limit=8,
         hellaswag_data=str(HELLASWAG_FILE), run_name="tiny-test")
     return root / "run"
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str):
+    """A real small filesystem at ``mount`` (``mount -t tmpfs -o size=SIZE``), for disk-full tests; skips with the
+    reason where mounting is not allowed (needs root). Unmounted on the way out."""
+    import subprocess
+
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs here ({done.stderr.strip() or 'mount failed'}); needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

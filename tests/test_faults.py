@@ -2,6 +2,7 @@
 dying ranks. Each test injects one fault into a real run of the tiny preset and checks what a user relies on."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run, tmpfs
 from weights import assert_same_weights as same_weights
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError
@@ -357,3 +358,63 @@ def test_processes_that_do_not_share_the_output_dir_are_told_checkpoints_need_a_
 
 def launch_ddp_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return launch_cpu(["tests/inject_fault.py", *args], timeout=timeout)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 90 MB filesystem (tmpfs): a tiny checkpoint (~57 MB) fits once, not twice. Needs root."""
+    with tmpfs(tmp_path / "disk", "90M") as mount:
+        yield mount
+
+
+def test_a_real_full_disk_ends_in_one_line_and_leaves_no_tmp(tmp_path, data_dir, small_disk):
+    out = small_disk / "run"
+    done = subprocess.run([sys.executable, "train_hf.py", "--data_dir", str(data_dir), "--output_dir", str(out),
+                           *cli("max_steps", 6, "save_steps", 2, "eval_steps", 4)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    found = re.search(r"checkpoint-4 failed: .*needs about (\d+) MB; (\d+) MB are free .*newest complete checkpoint "
+                      r"is .*checkpoint-2\.", errors[0])
+    assert found, errors[0]
+    size = sum(p.stat().st_size for p in (out / "checkpoint-2").rglob("*") if p.is_file())
+    assert int(found[1]) == round(size / 2**20)  # what a checkpoint takes, as the last one did
+    # The free space it reports is there once it is done: the half-written files were closed and removed.
+    assert abs(int(found[2]) - shutil.disk_usage(out).free / 2**20) < 1.5
+    assert not [p for p in out.iterdir() if ".tmp" in p.name or ".trash" in p.name]  # the space is given back
+    assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
+
+
+def test_a_damaged_json_file_of_a_run_is_named_and_latest_skips_an_unreadable_marker(tmp_path, data_dir, reference,
+                                                                                      capsys):
+    from modeling.files import FileFormatError
+    from modeling.shards import ShardFormatError, load_manifest
+
+    reference_dir, _ = reference
+    out = tmp_path / "run"
+    for step in (2, 4, 6):
+        shutil.copytree(reference_dir / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    state = out / "checkpoint-6" / "training_state"
+    marker = (state / "complete.json").read_bytes()
+    (state / "complete.json").write_bytes(marker[:len(marker) // 2])  # cut in half
+    (out / "checkpoint-4" / "training_state" / "complete.json").write_bytes(b"\xff" * 16)  # not even text
+    assert ckpt.find_checkpoint(out, "latest") == out / "checkpoint-2"
+    printed = capsys.readouterr().out
+    assert f"skipping {out / 'checkpoint-6'}: not a complete checkpoint (unreadable training_state/complete.json" \
+           in printed and f"skipping {out / 'checkpoint-4'}" in printed
+    for name, read in (("run_config.json", ckpt.read_run_config), ("train_state.json", ckpt.read_train_state)):
+        text = (out / "checkpoint-2" / "training_state" / name).read_bytes()
+        (out / "checkpoint-2" / "training_state" / name).write_bytes(text[:len(text) // 2])
+        with pytest.raises(FileFormatError, match=rf"{re.escape(str(out / 'checkpoint-2' / 'training_state' / name))}"
+                                                  r", line \d+: not valid"):
+            read(out / "checkpoint-2")
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    text = (data / "manifest.json").read_bytes()
+    (data / "manifest.json").write_bytes(text[:len(text) // 2])
+    with pytest.raises(ShardFormatError, match=rf"{re.escape(str(data / 'manifest.json'))}, line \d+: not valid"):
+        load_manifest(data)
+    # A cut file the marker lists no longer has its recorded size: latest names it and does not resume it.
+    assert ckpt.find_checkpoint(out, "latest") is None
+    assert "run_config.json has" in capsys.readouterr().out

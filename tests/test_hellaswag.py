@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -547,3 +548,25 @@ def test_cli_reports_bad_input(tmp_path, monkeypatch, capsys):
         eval_hellaswag.main()
     assert exit_info.value.code == 2
     assert "x.jsonl does not exist" in capsys.readouterr().err
+
+
+@needs_hellaswag
+def test_a_damaged_hellaswag_file_is_named_in_one_line(tmp_path):
+    # Real byte edits of the real file: cut short, not gzip at all, a 0xff byte in line 3.
+    data = HELLASWAG_FILE.read_bytes()
+    lines = gzip.decompress(data).split(b"\n")
+    cases = {"cut.jsonl.gz": (data[:len(data) // 2], "the compressed file ends early"),
+             "plain.jsonl.gz": (b"\n".join(lines[:5]), "not a valid gzip file"),
+             "bad.jsonl": (b"\n".join([*lines[:2], lines[2][:40] + b"\xff" + lines[2][40:], *lines[3:5]]),
+                           "line 3: not UTF-8 text (byte 0xff at column 41)")}
+    for name, (content, expected) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{re.escape(str(path))}.*{re.escape(expected)}"):
+            load_examples(str(path))
+    path = tmp_path / "cut.jsonl.gz"
+    done = subprocess.run([sys.executable, "eval_hellaswag.py", "--model", str(tmp_path), "--data", str(path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert str(path) in done.stderr and "ends early" in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
+        done.stderr

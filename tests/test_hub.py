@@ -206,3 +206,51 @@ def test_a_dry_run_folder_loads_by_repo_id_offline(tiny_run, tmp_path, monkeypat
     assert cli["results"]["hellaswag_local"]["acc,none"] == pytest.approx(ours["lm-eval"]["acc"])
     assert cli["results"]["hellaswag_local"]["acc_norm,none"] == pytest.approx(ours["lm-eval"]["acc_norm"])
     assert not (snapshot / report.HELLASWAG_RESULTS).exists()  # nothing is written into the Hub cache
+
+
+def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer(tiny_run, tmp_path):
+    # What a kill -9 during a metrics.jsonl write leaves: the last line cut short, no newline.
+    import subprocess
+
+    from conftest import ROOT
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    log = run / report.METRICS
+    good = log.read_text()
+    log.write_text(good + '{"step": 7, "lo')
+    commands = {"push": [sys.executable, "push_to_hub.py", str(run), "--repo-id", "someone/tiny", "--dry-run",
+                         str(tmp_path / "up")],
+                "report": [sys.executable, "-m", "modeling.report", str(run)]}
+    for name, command in commands.items():
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (name, done.stderr[-2000:])
+        assert done.stderr.count(f"{log}: dropped a torn last line") == 1, (name, done.stderr)
+    assert (tmp_path / "up" / report.METRICS).read_text() == good  # the upload carries the log without the torn line
+    # A bad line that is not the last is not a kill's doing: an error naming the file and line, for every reader.
+    lines = good.splitlines(keepends=True)
+    log.write_text("".join(lines[:2]) + '{"step": 3, "lo\n' + "".join(lines[3:]))
+    for name, command in commands.items():
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, (name, done.stderr[-2000:])
+        assert f"{log}, line 3: not JSON" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_staging_copies_only_the_checkpoints_own_files(tiny_run, tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint-6"
+    shutil.copytree(tiny_run / "checkpoint-6", checkpoint)
+    (checkpoint / "pytorch_model.bin").write_bytes(b"stray weights of another export")
+    out = tmp_path / "up"
+    code, _ = run_cli([str(checkpoint), "--repo-id", "someone/tiny", "--dry-run", str(out)], capsys)
+    assert code == 0 and not (out / "pytorch_model.bin").exists()  # one weights format: the safetensors
+    weights = checkpoint / "model.safetensors"
+    assert (out / "model.safetensors").stat().st_ino != weights.stat().st_ino and weights.stat().st_nlink == 1
+    before = (checkpoint / "config.json").read_bytes()
+    (out / "config.json").write_text("{}")  # editing the staged folder in place leaves the checkpoint as it was
+    assert (checkpoint / "config.json").read_bytes() == before
+    outside = tmp_path / "elsewhere.json"  # the same bytes, so the checkpoint still looks complete
+    (checkpoint / "tokenizer_config.json").rename(outside)
+    (checkpoint / "tokenizer_config.json").symlink_to(outside)
+    code, _ = run_cli([str(checkpoint), "--repo-id", "someone/tiny", "--dry-run", str(tmp_path / "up2")], capsys)
+    assert code != 0 and "tokenizer_config.json is a symlink to" in str(code) and "outside the checkpoint" in str(code)
+    assert not (tmp_path / "up2").exists() and not (tmp_path / "up2.tmp").exists()

@@ -229,3 +229,47 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
                              "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "prepare_data.py: error:" in result.stderr and "no such file or directory" in result.stderr
+
+
+@needs_fineweb
+def test_a_real_full_disk_stops_in_one_line_and_the_rerun_continues_byte_identical(tmp_path):
+    from conftest import tmpfs
+
+    args = ["--source", str(FINEWEB_SAMPLE), "--shard-size", "100000", "--max-tokens", "1000000"]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "prepare_data.py", *args, "--out", str(reference)], cwd=ROOT, check=True,
+                   capture_output=True)
+    with tmpfs(tmp_path / "disk", "1M") as disk:  # 2 MB of shards on a 1 MB filesystem
+        out = disk / "shards"
+        done = subprocess.run([sys.executable, "prepare_data.py", *args, "--out", str(out)], cwd=ROOT,
+                              capture_output=True, text=True)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        lines = [line for line in done.stderr.splitlines() if line.strip() and "tokenizing" not in line]
+        assert len(lines) == 1 and lines[0].startswith(f"prepare_data.py: error: {out}: writing failed: No space "
+                                                       "left on device"), done.stderr[-3000:]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert not manifest["complete"] and manifest["shards"]
+        assert f"MB are free on its filesystem; the manifest lists the {len(manifest['shards'])} finished shard(s)" \
+               in lines[0]
+        assert not list(out.glob("*.tmp"))  # the shard being written is gone, its space given back
+        assert all(shards.sha256_file(out / s["file"]) == s["sha256"] for s in manifest["shards"])
+        subprocess.run(["mount", "-o", "remount,size=8M", str(disk)], check=True)  # space freed: rerun it
+        subprocess.run([sys.executable, "prepare_data.py", *args, "--out", str(out)], cwd=ROOT, check=True,
+                       capture_output=True)
+        assert shard_bytes(out) == shard_bytes(reference)
+
+
+@needs_fineweb
+def test_a_truncated_or_non_gzip_source_is_named_in_one_line(tmp_path):
+    data = next(FINEWEB_SAMPLE.glob("*.jsonl.gz")).read_bytes()
+    cases = {"cut.jsonl.gz": (data[:len(data) // 3], "the compressed file ends early"),
+             "plain.jsonl.gz": (gzip.decompress(data)[:5000], "not a valid gzip file")}
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        out = tmp_path / f"out-{name}"
+        done = subprocess.run([sys.executable, "prepare_data.py", "--source", str(tmp_path / name), "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"prepare_data.py: error: {tmp_path / name}: {expected}"), done.stderr[-2000:]
+        assert not list(out.glob("*.tmp"))

@@ -1,0 +1,86 @@
+"""Reading the project's small text files so that a damaged one ends in one line naming it (torch-free).
+
+One rule each, shared by every reader: JSON files (markers, configs, manifests), JSON-lines logs (a torn last
+line is what a kill leaves: dropped with a message; a bad line elsewhere is an error naming the line), and text
+that may be gzip-compressed (a truncated or non-gzip ``.gz`` and bad UTF-8 name the file, and the line).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+
+class FileFormatError(ValueError):
+    """A file that cannot be read as what it should be; the message names the file (and line) and what to do."""
+
+
+def read_json(path: str | Path, what: str = "JSON") -> object:
+    """``path`` parsed as JSON; a file cut short, not JSON or not UTF-8 is a FileFormatError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path}: not UTF-8 text (byte {e.start}); it should be {what}. "
+                              "Restore or delete it.") from None
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{path}, line {e.lineno}: not valid {what} ({e.msg}); the file is damaged or was cut "
+                              "short. Restore or delete it.") from None
+
+
+_TORN_REPORTED: set[Path] = set()
+
+
+def read_jsonl(path: str | Path, quiet: bool = False) -> list[dict]:
+    """The records of a JSON-lines log. A torn last line (the writer was killed mid-line) is dropped with a
+    message on stderr; any other bad line is a FileFormatError naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path}: not UTF-8 text (byte {e.start}). Fix or delete it.") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):  # only the last line, with no newline yet, can be torn by a kill
+                raise FileFormatError(f"{path}, line {number}: not JSON ({line[:60]!r}). Fix or delete it.") from None
+            if not quiet and path.resolve() not in _TORN_REPORTED:  # once per command, however often it is read
+                _TORN_REPORTED.add(path.resolve())
+                print(f"{path}: dropped a torn last line (the run was killed while writing it)", file=sys.stderr)
+    return records
+
+
+def byte_lines(path: str | Path) -> Iterator[bytes]:
+    """The raw lines of a file, gunzipped if its name ends in .gz. A truncated or non-gzip .gz is a
+    FileFormatError naming the file and the last line read."""
+    path = Path(path)
+    number = 0
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+            for number, raw in enumerate(f, 1):  # noqa: B007 - number is read in the handlers
+                yield raw
+    except EOFError:
+        raise FileFormatError(f"{path}: the compressed file ends early (after line {number}): it was cut short, e.g. "
+                              "by an interrupted download or copy. Get a fresh copy.") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise FileFormatError(f"{path}: not a valid gzip file ({e}; after line {number}). Get a fresh copy, or drop "
+                              "the .gz suffix if it is plain text.") from None
+
+
+def text_lines(path: str | Path) -> Iterator[str]:
+    """The lines of a text file as byte_lines reads it, decoded line by line, so bad UTF-8 is a FileFormatError
+    naming the file and its own line."""
+    for number, raw in enumerate(byte_lines(path), 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FileFormatError(f"{path}, line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                  f"{e.start + 1}). Fix the file or get a fresh copy.") from None
