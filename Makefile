@@ -26,7 +26,7 @@ endif
 HELLASWAG_TRAIN_FLAG := $(if $(HELLASWAG_ARG),--hellaswag_data $(HELLASWAG_ARG))
 HELLASWAG_EVAL_FLAG := $(if $(HELLASWAG_ARG),--data $(HELLASWAG_ARG))
 
-.PHONY: install demo lint test bench
+.PHONY: install demo lint test test-fast bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -70,6 +70,10 @@ lint: install
 
 test: install $(VENV)/.deepspeed lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest
+
+# The edit loop: every test that starts no process (tests/conftest.py marks the rest slow); make test runs all.
+test-fast: install lint
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 bench: install
 	$(BIN)/python bench/prepare_data.py

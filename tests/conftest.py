@@ -147,3 +147,23 @@ def tmpfs(mount: Path, size: str):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# ---- the fast tier: `make test-fast` (pytest -m "not slow") for the edit loop; `make test` and CI run everything ----
+
+# A test that starts real processes (accelerate launch, kill -9, CLIs, wheel builds) pays ~4 s of imports per
+# process: slow by construction, so it is marked by what it does rather than by hand.
+_LAUNCHES = ("subprocess.", "launch_cpu(", "launch_ddp(", "start_training(", "Popen(")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if any(launch in source for launch in _LAUNCHES) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import BPE_DIR, FINEWEB_SAMPLE, ROOT, cli, run
 
+pytestmark = pytest.mark.slow  # the old code's prepare and train run as processes (in the fixture)
+
 OLD_COMMIT = "3b93dbc"  # 2026-12-01, format 1 (complete.json without "format")
 
 
