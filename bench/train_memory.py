@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from modeling.config import TrainingConfig  # noqa: E402
 from modeling.lm_loss import CausalLMForTraining  # noqa: E402
 from modeling.model import build_model, causal_lm_loss, load_model_config  # noqa: E402
-from modeling.trainer import build_optimizer  # noqa: E402
+from modeling.optimizer import build_optimizer  # noqa: E402
 
 ALL_PATHS = ("stock", "loss in module", "ours")
 GB = 1e9

@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from modeling.config import TrainingConfig  # noqa: E402
 from modeling.lm_loss import CausalLMForTraining  # noqa: E402
 from modeling.model import build_model, causal_lm_loss, flops_per_token, load_model_config, num_params  # noqa: E402
-from modeling.trainer import build_optimizer  # noqa: E402
+from modeling.optimizer import build_optimizer  # noqa: E402
 
 
 # ---- (c): a minimal hand-written GPT-2, written for this benchmark ----

@@ -23,7 +23,11 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 # What resuming with another max_steps does to the LR schedule (modeling/schedule.py).
-EXTEND_SCHEDULE_CHOICES = ("continue_cosine", "hold_min_lr")
+EXTEND_SCHEDULE_CHOICES = ("continue_cosine", "continue_wsd", "hold_min_lr")
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULERS = ("cosine", "wsd")
+WSD_DECAY_SHAPES = ("linear", "1-sqrt")
+MUON_ADJUST_LR = ("original", "match_rms_adamw", "none")
 
 
 class ConfigError(ValueError):
@@ -53,14 +57,21 @@ class TrainingConfig:
     # --- optimization ---
     max_steps: int = field(default=19073, metadata={"help": "Optimizer steps."})
     learning_rate: float = 6e-4
-    min_lr: float = field(default=6e-5, metadata={"help": "LR at the end of the cosine decay."})
+    min_lr: float = field(default=6e-5, metadata={"help": "LR at the end of the decay (for every parameter group: "
+                                                          "the same fraction of each group's peak LR)."})
     warmup_steps: int = 715
+    lr_scheduler_type: str = field(default="cosine", metadata={
+        "help": "cosine (warmup, cosine decay to min_lr) or wsd (warmup, constant, then decay to min_lr over the last "
+                "decay_fraction of the steps: a run can be extended from any checkpoint of its constant phase)."})
+    decay_fraction: float = field(default=0.2, metadata={"help": "wsd: the share of lr_decay_steps spent decaying."})
+    wsd_decay_shape: str = field(default="linear", metadata={"help": "wsd: the decay's shape, linear or 1-sqrt."})
     lr_decay_steps: Optional[int] = field(default=None, metadata={
-        "help": "Steps of the cosine decay to min_lr (default: max_steps); after them the LR holds at min_lr."})
+        "help": "Steps of the schedule, ending at min_lr (default: max_steps); after them the LR holds at min_lr."})
     extend_schedule: Optional[str] = field(default=None, metadata={
         "help": "Resuming with another max_steps than the checkpoint's (e.g. extending a finished run) needs this: "
-                "continue_cosine (recompute the cosine to end at the new max_steps; the LR moves to that curve) or "
-                "hold_min_lr (keep the old decay, then hold min_lr)."})
+                "continue_cosine (recompute the cosine to end at the new max_steps; the LR moves to that curve), "
+                "continue_wsd (wsd: recompute it to end at the new max_steps, from a checkpoint of the constant "
+                "phase) or hold_min_lr (keep the old decay, then hold min_lr)."})
     init_from: Optional[str] = field(default=None, metadata={
         "help": "Start a new run from these weights (a checkpoint-N folder, a run's output_dir, any GPT-2 "
                 "Transformers folder or Hub id such as gpt2) with a fresh optimizer, schedule and data order."})
@@ -71,6 +82,16 @@ class TrainingConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_epsilon: float = 1e-8
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw (the recipe's, on every parameter) or muon (torch.optim.Muon on the transformer blocks' "
+                "matrices, AdamW on embeddings, LayerNorms and biases; one process or DDP only)."})
+    muon_learning_rate: float = field(default=0.02, metadata={"help": "muon: peak LR of the block matrices (scheduled "
+                                                                      "like learning_rate)."})
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "muon: decoupled weight decay of the block matrices."})
+    muon_adjust_lr: str = field(default="original", metadata={
+        "help": "muon: per-matrix LR scale: original (sqrt(max(1, out/in)) of the nn.Linear-orientation shape), "
+                "match_rms_adamw (0.2 sqrt(max(out, in))) or none."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this; 0 = no clipping (the norm is still logged)."})
     skip_nonfinite_steps: int = field(default=0, metadata={
         "help": "Skip up to N optimizer steps whose loss or gradient norm is not finite (logged); 0 = stop at the first."})
@@ -114,7 +135,9 @@ class TrainingConfig:
     # Fields a resumed run must share with its checkpoint: they fix the model, the data order and the schedule.
     RUN_DEFINING = ("data_dir", "model_config", "seq_len", "pad_vocab_to_multiple_of", "shuffle", "total_batch_size",
                     "max_steps", "learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "adam_beta1",
-                    "adam_beta2", "adam_epsilon", "max_grad_norm", "seed")
+                    "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "optimizer", "muon_learning_rate",
+                    "muon_momentum", "muon_weight_decay", "muon_adjust_lr", "lr_scheduler_type", "decay_fraction",
+                    "wsd_decay_shape")
 
     def __post_init__(self):
         positive = ("seq_len", "per_device_train_batch_size", "max_steps", "eval_batches", "logging_steps", "save_steps",
@@ -130,7 +153,20 @@ class TrainingConfig:
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             raise ConfigError(f"lr_decay_steps must be >= 1 (or unset for max_steps), got {self.lr_decay_steps}")
         if self.extend_schedule not in (None, *EXTEND_SCHEDULE_CHOICES):
-            raise ConfigError(f"extend_schedule must be continue_cosine or hold_min_lr, got {self.extend_schedule!r}")
+            raise ConfigError(f"extend_schedule must be one of {', '.join(EXTEND_SCHEDULE_CHOICES)}, "
+                              f"got {self.extend_schedule!r}")
+        for name, choices in (("optimizer", OPTIMIZERS), ("lr_scheduler_type", LR_SCHEDULERS),
+                              ("wsd_decay_shape", WSD_DECAY_SHAPES), ("muon_adjust_lr", MUON_ADJUST_LR)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.extend_schedule in ("continue_cosine", "continue_wsd") and self.extend_schedule != f"continue_{self.lr_scheduler_type}":
+            raise ConfigError(f"extend_schedule {self.extend_schedule} does not fit lr_scheduler_type "
+                              f"{self.lr_scheduler_type}: use continue_{self.lr_scheduler_type} or hold_min_lr.")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        for name in ("muon_learning_rate", "muon_momentum", "muon_weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         from modeling.profiling import parse_steps
 
         parse_steps(self.profile_steps)  # a malformed range fails here, before any work

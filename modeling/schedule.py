@@ -1,5 +1,8 @@
 """The LR schedule: linear warmup, cosine decay to ``min_lr`` over ``lr_decay_steps`` (default: ``max_steps``),
-then ``min_lr`` held; and what happens to it when a run is resumed with another ``max_steps``.
+then ``min_lr`` held; or (``lr_scheduler_type: wsd``) warmup-stable-decay: linear warmup, the peak LR held, then a
+decay to ``min_lr`` (linear or 1-sqrt) over the last ``decay_fraction`` of ``lr_decay_steps``; and what happens to it
+when a run is resumed with another ``max_steps``. Every parameter group (AdamW's and Muon's) follows the same curve,
+as a fraction of its own peak LR.
 
 Extending a run is never silent: a checkpoint trained for ``max_steps`` N resumes with another M only with
 ``--extend_schedule``:
@@ -7,6 +10,9 @@ Extending a run is never silent: a checkpoint trained for ``max_steps`` N resume
 - ``continue_cosine``: the cosine is recomputed to end at M, as if the run had been planned for M steps from the
   start. At the resume step the LR moves to that longer curve (upwards: a finished run at ``min_lr`` warms up
   again to the value the M-step cosine has there).
+- ``continue_wsd``: the same for wsd. From a checkpoint of the constant phase this changes nothing up to the
+  checkpoint: the run continues as if planned for M steps (decide the token budget late). A checkpoint already in
+  its decay is refused (its LR has come down; extend from an earlier checkpoint of the constant phase).
 - ``hold_min_lr``: the schedule the run had stays; past its end (step N of a finished run) the LR holds at
   ``min_lr`` until M.
 
@@ -16,6 +22,7 @@ rebuild the same schedule without the flag.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -29,9 +36,34 @@ def _hold_after(cosine, decay_steps: int, step: int) -> float:
     return cosine(min(step, decay_steps))
 
 
+def wsd_decay_start(config: TrainingConfig, decay_steps: int | None = None) -> int:
+    """The first step of a wsd schedule's decay: the last ``decay_fraction`` of ``decay_steps`` decay."""
+    decay_steps = decay_steps or config.lr_decay_steps or config.max_steps
+    return max(config.warmup_steps, decay_steps - round(config.decay_fraction * decay_steps))
+
+
+def wsd_factor(step: int, *, warmup_steps: int, decay_start: int, decay_steps: int, min_ratio: float,
+               shape: str) -> float:
+    """The LR multiplier of warmup-stable-decay at ``step`` (0-based, as LambdaLR counts); ``min_ratio`` held after
+    ``decay_steps``. Warmup as transformers' schedules (step / warmup_steps)."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, decay_steps - decay_start))
+    left = 1.0 - progress if shape == "linear" else 1.0 - math.sqrt(progress)
+    return min_ratio + (1.0 - min_ratio) * left
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Transformers' cosine-with-min-lr schedule over ``lr_decay_steps`` (or ``max_steps``), then ``min_lr``."""
+    """Transformers' cosine-with-min-lr schedule (or wsd) over ``lr_decay_steps`` (or ``max_steps``), then ``min_lr``."""
     decay_steps = config.lr_decay_steps or config.max_steps
+    if config.lr_scheduler_type == "wsd":
+        factor = partial(wsd_factor, warmup_steps=config.warmup_steps, decay_start=wsd_decay_start(config, decay_steps),
+                         decay_steps=decay_steps, min_ratio=config.min_lr / config.learning_rate,
+                         shape=config.wsd_decay_shape)
+        # A partial, not a lambda: see below.
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * len(optimizer.param_groups))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=decay_steps, min_lr=config.min_lr)
     # A partial (not a lambda): LambdaLR's state_dict then saves its empty __dict__ and load_state_dict restores
@@ -60,7 +92,15 @@ def resolve_schedule_change(saved: dict, config: TrainingConfig, checkpoint_step
             "the LR schedule does: --extend_schedule continue_cosine (recompute the cosine to end at the new "
             "max_steps; the LR moves up to that curve) or --extend_schedule hold_min_lr (keep the old decay, then "
             "hold min_lr).")
-    if config.extend_schedule == "continue_cosine":
+    if config.extend_schedule == "continue_wsd":
+        saved_start = wsd_decay_start(config, saved_decay or saved_max)
+        if checkpoint_step > saved_start:
+            raise ConfigError(
+                f"The checkpoint at step {checkpoint_step} is already in its wsd decay (which starts at step "
+                f"{saved_start}): its LR has come down. Extend from a checkpoint of the constant phase, at a step "
+                f"<= {saved_start} (--resume_from_checkpoint OUTPUT_DIR/checkpoint-N), or use --extend_schedule hold_min_lr.")
+        config.lr_decay_steps = config.max_steps
+    elif config.extend_schedule == "continue_cosine":
         config.lr_decay_steps = config.max_steps
     else:
         config.lr_decay_steps = saved_decay or saved_max
