@@ -276,6 +276,12 @@ def test_a_stop_signal_saves_at_the_step_boundary_and_resumes_exactly(tmp_path, 
     assert f"saved {out / f'checkpoint-{stopped}'}. Continue with --resume_from_checkpoint latest" in stderr
     assert ckpt.list_checkpoints(out)[-1] == (stopped, out / f"checkpoint-{stopped}") and 3 <= stopped < 8
     resumed = run(out, data_dir, max_steps=8, save_steps=2, eval_steps=4, resume_from_checkpoint="latest")
+    # A signal that lands in an evaluation step (step 4 here) gives that evaluation up to save at once: the
+    # step's record keeps every training number and says so instead of carrying a val loss (tests/test_preemption.py).
+    evals = ("val_loss", "val_bpb")
+    expected = [{k: v for k, v in want.items() if k not in evals} | {"evaluation_interrupted": True}
+                if got.get("evaluation_interrupted") else want for got, want in zip(resumed, expected)]
+    assert [r["step"] for r in resumed if r.get("evaluation_interrupted")] in ([], [stopped])
     assert strip(resumed) == strip(expected)
 
 
