@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from runs import strip
 from conftest import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run, tmpfs
 from weights import assert_same_weights as same_weights
 from modeling import checkpoint as ckpt
@@ -102,13 +103,6 @@ def test_resume_from_two_processes_on_one_and_from_one_on_two(tmp_path, data_dir
 
 
 # ---- complete checkpoints only ----
-
-def strip(metrics: list[dict]) -> list[dict]:
-    """Metrics without the fields that measure the machine (wall clock, memory)."""
-    from modeling.trainer import MEASUREMENT_FIELDS
-
-    return [{k: v for k, v in m.items() if k not in MEASUREMENT_FIELDS} for m in metrics]
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):

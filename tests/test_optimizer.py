@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from runs import crash_after_saving, strip
 from conftest import ROOT, TINY, cli, read_metrics, run
 
 from modeling import checkpoint as ckpt
@@ -114,32 +115,16 @@ def test_bad_choices_are_one_line_errors():
         TrainingConfig(decay_fraction=0)
 
 
-def _crash_after_saving(monkeypatch, step):
-    original = ckpt.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        path = original(*args, **kwargs)
-        if path.name == f"checkpoint-{step}":
-            raise KeyboardInterrupt("simulated crash")
-        return path
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_crash)
-
-
-def _strip(metrics):
-    return [{k: v for k, v in m.items() if k not in ("step_seconds", "tokens_per_second", "mfu")} for m in metrics]
-
-
 @pytest.mark.parametrize("scheduler", ["cosine", "wsd"])
 def test_muon_resume_is_bit_identical(tmp_path, data_dir, monkeypatch, scheduler):
     settings = dict(MUON, max_steps=6, save_steps=3, eval_steps=3, lr_scheduler_type=scheduler, decay_fraction=0.5)
     straight = run(tmp_path / "straight", data_dir, **settings)
-    _crash_after_saving(monkeypatch, step=3)
+    crash_after_saving(monkeypatch, step=3)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "resumed", data_dir, **settings)
     monkeypatch.undo()
     resumed = run(tmp_path / "resumed", data_dir, resume_from_checkpoint="latest", **settings)
-    assert _strip(resumed) == _strip(straight)  # loss, lr, grad norm, val loss
+    assert strip(resumed) == strip(straight)  # loss, lr, grad norm, val loss
     a = torch.load(tmp_path / "straight/checkpoint-6/training_state/optimizer.bin", weights_only=True)
     b = torch.load(tmp_path / "resumed/checkpoint-6/training_state/optimizer.bin", weights_only=True)
     assert a["muon"]["state"] and all(torch.equal(a["muon"]["state"][i]["momentum_buffer"],
@@ -155,7 +140,7 @@ def test_muon_resume_is_bit_identical(tmp_path, data_dir, monkeypatch, scheduler
 def test_muon_resume_with_another_micro_batch_size(tmp_path, data_dir, monkeypatch):
     settings = dict(MUON, max_steps=8, save_steps=4, eval_steps=4)
     straight = run(tmp_path / "straight", data_dir, **settings)
-    _crash_after_saving(monkeypatch, step=4)
+    crash_after_saving(monkeypatch, step=4)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "resumed", data_dir, **settings)
     monkeypatch.undo()
@@ -210,7 +195,7 @@ def test_wsd_extends_from_a_checkpoint_of_its_stable_phase(tmp_path, data_dir):
     extended = run(tmp_path / "extended", data_dir, **{**settings, "max_steps": 10}, extend_schedule="continue_wsd",
                    resume_from_checkpoint=str(tmp_path / "extended/checkpoint-2"))
     # From the stable-phase checkpoint the extended run is the run planned for 10 steps from the start.
-    assert _strip(extended) == _strip(planned)
+    assert strip(extended) == strip(planned)
     assert ckpt.read_run_config(tmp_path / "extended/checkpoint-10")["config"]["lr_decay_steps"] == 10
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from runs import crash_after_saving, strip
 from conftest import (HELLASWAG_FILE, ROOT, TINY, cli, free_port, launch_cpu, needs_bpe, needs_fineweb,
                       needs_hellaswag, read_metrics, run)
 from modeling import checkpoint as ckpt
@@ -154,31 +155,16 @@ def test_in_loop_hellaswag_is_logged_in_both_conventions(tmp_path, data_dir):
         run(tmp_path / "bad", data_dir, hellaswag_steps=2, hellaswag_data=str(tmp_path / "nope.jsonl"))
 
 
-def _crash_after_saving(monkeypatch, step):
-    original = ckpt.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        path = original(*args, **kwargs)
-        if path.name == f"checkpoint-{step}":
-            raise KeyboardInterrupt("simulated crash")
-        return path
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_crash)
-
-
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_resume_gives_bit_identical_losses(tmp_path, epoch_data_dir, monkeypatch, shuffle):
     settings = dict(max_steps=8, save_steps=2, eval_steps=4, shuffle=shuffle)
     straight = run(tmp_path / "straight", epoch_data_dir, **settings)
-    _crash_after_saving(monkeypatch, step=4)  # 8 micro-batches into a 9-batch epoch
+    crash_after_saving(monkeypatch, step=4)  # 8 micro-batches into a 9-batch epoch
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "resumed", epoch_data_dir, **settings)
     monkeypatch.undo()
     assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
     resumed = run(tmp_path / "resumed", epoch_data_dir, resume_from_checkpoint="latest", **settings)
-    from modeling.trainer import MEASUREMENT_FIELDS
-
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in MEASUREMENT_FIELDS} for m in ms]  # noqa: E731
     assert strip(resumed) == strip(straight)  # loss, lr, grad norm, val loss: all bit-identical
     a = torch.load(tmp_path / "straight/checkpoint-8/training_state/optimizer.bin", weights_only=True)
     b = torch.load(tmp_path / "resumed/checkpoint-8/training_state/optimizer.bin", weights_only=True)
@@ -190,7 +176,7 @@ def test_resume_with_another_micro_batch_size_continues_on_the_same_tokens(tmp_p
     # more memory, or to twice the processes): the data position carries over, so the losses continue.
     settings = dict(max_steps=8, save_steps=4, eval_steps=4)
     straight = run(tmp_path / "straight", data_dir, **settings)
-    _crash_after_saving(monkeypatch, step=4)
+    crash_after_saving(monkeypatch, step=4)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "resumed", data_dir, **settings)
     monkeypatch.undo()
@@ -202,7 +188,7 @@ def test_resume_with_another_micro_batch_size_continues_on_the_same_tokens(tmp_p
 
 def test_resume_refuses_a_layout_that_cannot_reach_the_saved_position(tmp_path, epoch_data_dir, monkeypatch):
     settings = dict(max_steps=8, save_steps=6, eval_steps=4)
-    _crash_after_saving(monkeypatch, step=6)  # epoch 0 was 9 micro-batches of 4; now 12 windows into epoch 1
+    crash_after_saving(monkeypatch, step=6)  # epoch 0 was 9 micro-batches of 4; now 12 windows into epoch 1
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "run", epoch_data_dir, **settings)
     monkeypatch.undo()
