@@ -21,3 +21,22 @@ def crash_after_saving(monkeypatch, step: int) -> None:
         return path
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save_then_crash)
+
+
+def straight_and_resumed(tmp_path, data_dir, monkeypatch, crash_step: int, settings: dict,
+                         **resume_overrides) -> tuple[list[dict], list[dict]]:
+    """The metrics of a run straight through, and of the same run crashed after checkpoint-``crash_step`` and
+    resumed from ``latest`` with ``resume_overrides`` (another micro-batch size, say)."""
+    from conftest import run
+
+    straight = run(tmp_path / "straight", data_dir, **settings)
+    crash_after_saving(monkeypatch, step=crash_step)
+    try:
+        run(tmp_path / "resumed", data_dir, **settings)
+        raise AssertionError(f"the run did not crash after checkpoint-{crash_step}")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    resumed = run(tmp_path / "resumed", data_dir, **{**settings, "resume_from_checkpoint": "latest",
+                                                     **resume_overrides})
+    return straight, resumed

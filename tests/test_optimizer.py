@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from runs import crash_after_saving, strip
+from runs import crash_after_saving, straight_and_resumed, strip
 from conftest import ROOT, TINY, cli, read_metrics, run
 
 from modeling import checkpoint as ckpt
@@ -139,13 +139,7 @@ def test_muon_resume_is_bit_identical(tmp_path, data_dir, monkeypatch, scheduler
 
 def test_muon_resume_with_another_micro_batch_size(tmp_path, data_dir, monkeypatch):
     settings = dict(MUON, max_steps=8, save_steps=4, eval_steps=4)
-    straight = run(tmp_path / "straight", data_dir, **settings)
-    crash_after_saving(monkeypatch, step=4)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "resumed", data_dir, **settings)
-    monkeypatch.undo()
-    resumed = run(tmp_path / "resumed", data_dir, resume_from_checkpoint="latest", per_device_train_batch_size=8,
-                  **settings)
+    straight, resumed = straight_and_resumed(tmp_path, data_dir, monkeypatch, 4, settings, per_device_train_batch_size=8)
     assert [m["step"] for m in resumed] == [m["step"] for m in straight]
     for a, b in zip(straight, resumed, strict=True):
         assert a["lr"] == b["lr"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from runs import crash_after_saving, strip
+from runs import crash_after_saving, straight_and_resumed, strip
 from conftest import (HELLASWAG_FILE, ROOT, TINY, cli, free_port, launch_cpu, needs_bpe, needs_fineweb,
                       needs_hellaswag, read_metrics, run)
 from modeling import checkpoint as ckpt
@@ -175,13 +175,7 @@ def test_resume_with_another_micro_batch_size_continues_on_the_same_tokens(tmp_p
     # Same token budget per step, another layout (4 x 2 accumulation -> 8 x 1, as when moving to a GPU with
     # more memory, or to twice the processes): the data position carries over, so the losses continue.
     settings = dict(max_steps=8, save_steps=4, eval_steps=4)
-    straight = run(tmp_path / "straight", data_dir, **settings)
-    crash_after_saving(monkeypatch, step=4)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "resumed", data_dir, **settings)
-    monkeypatch.undo()
-    resumed = run(tmp_path / "resumed", data_dir, resume_from_checkpoint="latest", per_device_train_batch_size=8,
-                  **settings)
+    straight, resumed = straight_and_resumed(tmp_path, data_dir, monkeypatch, 4, settings, per_device_train_batch_size=8)
     for a, b in zip(straight, resumed, strict=True):
         assert a["step"] == b["step"] and a.get("loss", 0) == pytest.approx(b.get("loss", 0), rel=1e-5)
 
