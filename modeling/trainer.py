@@ -27,6 +27,7 @@ from modeling.backends import accelerator_kwargs, configure_backend, global_norm
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
 from modeling.faults import EvaluationInterrupted, StopSignals, TrainingStopped, check_step, nonfinite_message
+from modeling.hardware import peak_flops
 from modeling.lm_loss import CausalLMForTraining
 from modeling.locate import NotFoundError, resolve_model
 from modeling.memory import peak_memory_since_last
@@ -39,12 +40,8 @@ from modeling.report import RunInfo, finish_run, read_metrics
 from modeling.run_lock import release_run_lock
 from modeling.shards import load_manifest
 from modeling.tokenizer import get_hf_tokenizer
-from modeling.verify import check_data_dir
 from modeling.val_loss import bits_per_byte, count_val_bytes, evaluate_loss, val_loader
-
-# bf16 dense peak FLOP/s, for the MFU estimate (matched against torch.cuda.get_device_name()).
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12, "L4": 121e12,
-                  "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12}
+from modeling.verify import check_data_dir
 
 
 @dataclass
@@ -139,22 +136,6 @@ def _load_hellaswag(config: TrainingConfig, accelerator: Accelerator) -> list:
             return load_examples(config.hellaswag_data, limit=config.hellaswag_limit)
         except (OSError, ValueError) as e:
             raise ConfigError(f"hellaswag_data: {e}") from e
-
-
-def _peak_flops(config: TrainingConfig, device: torch.device) -> float | None:
-    if config.peak_flops:
-        return config.peak_flops
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
-    # CPU: measure what a large matmul reaches in the training dtype, the practical ceiling here.
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
-    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-    a @ b
-    start, reps = time.perf_counter(), 8
-    for _ in range(reps):
-        a @ b
-    return 2 * 1024**3 * reps / (time.perf_counter() - start)
 
 
 def _endless_batches(loader: DataLoader, accelerator: Accelerator, state: TrainState) -> Iterator[torch.Tensor]:
@@ -333,7 +314,7 @@ def _train(config: TrainingConfig) -> dict:
     tokens_per_step = B * config.seq_len * accum * world
     n_params = num_params(model)
     flops_per_step = flops_per_token(model_config, n_params, config.seq_len) * tokens_per_step
-    peak = _peak_flops(config, device)
+    peak = peak_flops(device, config.bf16, config.peak_flops)
     # Sampling and in-loop HellaSwag run the unwrapped model: that needs a whole copy on every process (DDP).
     whole_model = accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     hellaswag = _load_hellaswag(config, accelerator) if config.hellaswag_steps and whole_model else None
