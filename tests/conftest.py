@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 # Tests never touch the network; set before transformers/datasets/huggingface_hub are imported.
@@ -151,19 +152,39 @@ def tmpfs(mount: Path, size: str):
 
 # ---- the fast tier: `make test-fast` (pytest -m "not slow") for the edit loop; `make test` and CI run everything ----
 
-# A test that starts real processes (accelerate launch, kill -9, CLIs, wheel builds) pays ~4 s of imports per
-# process: slow by construction, so it is marked by what it does rather than by hand.
-_LAUNCHES = ("subprocess.", "launch_cpu(", "launch_ddp(", "start_training(", "Popen(")
+# Slow by what a test does, not by hand: it starts real processes (accelerate launch, kill -9, CLIs, wheel builds;
+# ~4 s of imports per process), trains a model in this process, compiles one, or runs lm-evaluation-harness. Found
+# in the source of the test, of the module's own helper functions it calls, and of every fixture it uses (a test
+# that reads a session's trained run pays for training it when run alone).
+_SLOW_CALLS = re.compile(r"subprocess\.|Popen\(|torch\.compile\(|compile=True|lm_eval\.|simple_evaluate|cli_evaluate"
+                         r"|(?<![\w.])(launch_cpu|launch_ddp|start_training|run|straight_and_resumed|train|TrainingRun"
+                         r"|run_preflight)\(")
+_CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
+
+
+def _does_slow_work(function, seen: set) -> bool:
+    import inspect
+    import sys
+
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    if _SLOW_CALLS.search(source):
+        return True
+    module = sys.modules.get(getattr(function, "__module__", ""), None)
+    for name in set(_CALLED.findall(source)) - seen:
+        seen.add(name)
+        helper = getattr(module, name, None)
+        if inspect.isfunction(helper) and helper.__module__ == module.__name__ and _does_slow_work(helper, seen):
+            return True
+    return False
 
 
 def pytest_collection_modifyitems(config, items):
-    import inspect
-
     for item in items:
         function = getattr(item, "function", None)
-        try:
-            source = inspect.getsource(function) if function is not None else ""
-        except (OSError, TypeError):
-            source = ""
-        if any(launch in source for launch in _LAUNCHES) or item.get_closest_marker("slow"):
+        fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        used = [defs[-1].func for name, defs in fixtures.items() if defs and name in item.fixturenames]
+        if item.get_closest_marker("slow") or any(_does_slow_work(f, set()) for f in [function, *used] if f):
             item.add_marker(pytest.mark.slow)
