@@ -19,7 +19,6 @@ Every number comes from the run's own files, and a number they do not hold is le
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -28,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from modeling.files import FileFormatError, read_json, read_jsonl
+from modeling.files import FileFormatError, read_json, read_jsonl, write_json_atomic
 
 METRICS = "metrics.jsonl"
 RUN_INFO = "run_info.json"
@@ -67,12 +66,6 @@ def _read_json(path: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # run_info.json: hardware and wall time, which metrics.jsonl does not hold
 
@@ -106,7 +99,7 @@ class RunInfo:
         return info
 
     def _write(self, sessions: list[dict]) -> None:
-        _write_json_atomic(self.path, {"sessions": sessions})
+        write_json_atomic(self.path, {"sessions": sessions})
 
     def _update(self) -> None:
         sessions = (_read_json(self.path) or {}).get("sessions", [])
@@ -507,7 +500,7 @@ def record_hellaswag(checkpoint: str | Path, results: dict, *, data: str | None,
     key = ("data_file", "offset", "n")
     evaluations = [e for e in (_read_json(path) or {}).get("evaluations", [])
                    if tuple(e.get(k) for k in key) != tuple(entry[k] for k in key)]
-    _write_json_atomic(path, {"evaluations": evaluations + [entry]})
+    write_json_atomic(path, {"evaluations": evaluations + [entry]})
     if RunFacts(checkpoint).is_training_run:  # a converted folder's own README.md is its author's: left alone
         try:
             write_report(checkpoint)
