@@ -1,16 +1,20 @@
-"""What each Accelerate backend needs from the recipe, set through accelerate: DDP's buckets, batches moved without
+"""The Accelerator of every command (build_accelerator), and what each Accelerate backend needs from the recipe, set through accelerate: DDP's buckets, batches moved without
 host syncs, FSDP2's mixed-precision policy, DeepSpeed's gradient clipping, and a global gradient norm for the log.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType,
                              InitProcessGroupKwargs)
 
 from modeling.config import ConfigError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # DDP gradient buckets. 124M fp32 gradients are ~500 MB: the default 25 MB makes ~20 buckets, and under torch.compile
 # DDPOptimizer splits the graph at every bucket (20 separately compiled pieces, no fusion across them). 100 MB gives
@@ -54,6 +58,31 @@ def accelerator_kwargs(launched: int) -> dict:
         # Batches go host->GPU with non_blocking=True (from pinned memory): the copy overlaps the previous step.
         "dataloader_config": DataLoaderConfiguration(non_blocking=True),
     }
+
+
+def launched_processes() -> int:
+    """Processes started by ``accelerate launch`` / torchrun (1 for a plain ``python``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_accelerator(*, cpu: bool = False, **kwargs) -> Accelerator:
+    """The ``Accelerator`` of a command (training, val loss, HellaSwag), with :func:`accelerator_kwargs` for this
+    launch (gloo on CPUs, no DeepSpeed import unless launched with it, DDP buckets, non-blocking copies).
+
+    ``cpu``: stay on the CPU even with a GPU. ``kwargs`` go to ``Accelerator`` as they are (mixed_precision,
+    gradient_accumulation_plugin, dynamo_backend, log_with, project_dir, ...). Processes that were launched but did
+    not join one group (e.g. several processes on CPUs without ACCELERATE_USE_CPU) are a ConfigError.
+    """
+    from accelerate import Accelerator
+
+    launched = launched_processes()
+    options = accelerator_kwargs(launched)
+    options["cpu"] = options["cpu"] or cpu
+    accelerator = Accelerator(**options, **kwargs)
+    if accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but they did not form one group "
+                          f"({accelerator.num_processes}); set ACCELERATE_USE_CPU=true to run on CPUs.")
+    return accelerator
 
 
 def configure_backend(accelerator, max_grad_norm: float, bf16: bool) -> None:
