@@ -18,14 +18,15 @@ Every number comes from the run's own files, and a number they do not hold is le
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 from modeling.files import FileFormatError, read_json, read_jsonl, write_json_atomic
 
@@ -511,13 +512,24 @@ def record_hellaswag(checkpoint: str | Path, results: dict, *, data: str | None,
     return path
 
 
+@dataclass
+class ReportArguments:
+    """``python -m modeling.report``'s flags (the output_dir may also be given by position)."""
+
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "a training output_dir (holding metrics.jsonl and checkpoint-N/)"})
+    checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "the checkpoint that gets the card (default: the newest)"})
+    dataset: Optional[str] = field(default=None, metadata={
+        "help": "Hub id of the training data, for the card's metadata, when it was read from local files "
+                "(e.g. HuggingFaceFW/fineweb-edu)"})
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Plots (eval.png, lr_schedule.png) and model card of a training run.")
-    p.add_argument("output_dir", help="a training output_dir (holding metrics.jsonl and checkpoint-N/)")
-    p.add_argument("--checkpoint", default=None, help="the checkpoint that gets the card (default: the newest)")
-    p.add_argument("--dataset", default=None, help="Hub id of the training data, for the card's metadata, when it "
-                   "was read from local files (e.g. HuggingFaceFW/fineweb-edu)")
-    args = p.parse_args(argv)
+    from modeling.config import parse_cli
+
+    args = parse_cli(ReportArguments, argv, positional=("output_dir",),
+                     description="Plots (eval.png, lr_schedule.png) and model card of a training run.")
     from modeling.checkpoint import newest_checkpoint
 
     output_dir = Path(args.output_dir)
