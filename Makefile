@@ -42,26 +42,26 @@ $(VENV)/.deepspeed: $(VENV)/.installed
 
 # The main job end to end on the CPU demo recipe, in a few minutes: prepare 2M tokens -> train the tiny preset
 # (~2 min; plots + model card at the end) -> HellaSwag by our scorer and lm-evaluation-harness (recorded in the
-# checkpoint for the card) -> a --dry-run push -> the dry-run folder loaded by repo id, offline, by pipeline().
+# checkpoint for the card) -> a --dry_run push -> the dry-run folder loaded by repo id, offline, by pipeline().
 DEMO_REPO_ID ?= demo-user/gpt2-hf-cpu-demo
 demo: install
 	$(BIN)/python prepare_data.py --source $(DEMO_SOURCE) --out $(DEMO_OUT)/data \
-		--max-tokens 2000000 --shard-size 500000 --val-tokens 100000
+		--max_tokens 2000000 --shard_size 500000 --val_tokens 100000
 	$(BIN)/python train_hf.py configs/train/cpu-demo.yaml --data_dir $(DEMO_OUT)/data \
 		--output_dir $(DEMO_OUT)/run --overwrite_output_dir $(HELLASWAG_TRAIN_FLAG)
 	$(BIN)/python eval_hellaswag.py --model $(DEMO_OUT)/run $(HELLASWAG_EVAL_FLAG) --limit 500 \
 		--backend both --output $(DEMO_OUT)/hellaswag.json
-	$(BIN)/python push_to_hub.py $(DEMO_OUT)/run --repo-id $(DEMO_REPO_ID) --dry-run $(DEMO_OUT)/upload \
+	$(BIN)/python push_to_hub.py $(DEMO_OUT)/run --repo_id $(DEMO_REPO_ID) --dry_run $(DEMO_OUT)/upload \
 		--dataset HuggingFaceFW/fineweb-edu
 	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(abspath $(DEMO_OUT)/hub-cache) $(BIN)/python -m modeling.hub $(DEMO_OUT)/upload \
-		--repo-id $(DEMO_REPO_ID) --generate "Hello, I'm a language model,"
+		--repo_id $(DEMO_REPO_ID) --generate "Hello, I'm a language model,"
 	@echo
 	@echo "Everything is in $(DEMO_OUT)/:"
 	@echo "  data/                    token shards + manifest.json"
 	@echo "  run/metrics.jsonl        the training log; run/eval.png, run/lr_schedule.png its plots"
 	@echo "  run/checkpoint-150/      the model (Transformers folder), README.md (model card), plots, hellaswag_results.json"
 	@echo "  hellaswag.json           HellaSwag: ours in both conventions + lm-evaluation-harness"
-	@echo "  upload/                  what push_to_hub.py --repo-id $(DEMO_REPO_ID) would upload"
+	@echo "  upload/                  what push_to_hub.py --repo_id $(DEMO_REPO_ID) would upload"
 	@echo "  hub-cache/               upload/ as Hub repo $(DEMO_REPO_ID): HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(abspath $(DEMO_OUT)/hub-cache)"
 
 # ruff with a small rule set (pyproject.toml: syntax errors, unused imports/variables, undefined names).

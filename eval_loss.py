@@ -9,13 +9,10 @@ The settings (data_dir, seq_len, per_device_train_batch_size, eval_batches) come
 --like run's run_config.json, then from train_hf.py's defaults. The logic lives in modeling/val_loss.py.
 """
 
-import json
 import os
 import sys
 
-from transformers import HfArgumentParser
-
-from modeling.config import ConfigError
+from modeling.config import ConfigError, parse_cli
 from modeling.data import NoShardsError
 from modeling.files import FileFormatError
 from modeling.shards import ShardFormatError
@@ -23,14 +20,12 @@ from modeling.val_loss import ValLossArguments
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser(ValLossArguments, description=__doc__.split("\n\n")[0])
-    argv = sys.argv[1:] if argv is None else argv
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    args = parse_cli(ValLossArguments, argv, description=__doc__.split("\n\n")[0])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
+    from modeling.backends import build_accelerator
     from modeling.locate import NotFoundError, resolve_model
     from modeling.progress import quiet_library_bars
     from modeling.val_loss import compute_val_loss, resolve_settings
@@ -39,11 +34,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         settings = resolve_settings(args)
-        # Several processes and no GPU: join over gloo on the CPU (otherwise each would evaluate everything alone).
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if args.bf16 else "no")
-        if accelerator.num_processes != launched:
-            raise ConfigError(f"{launched} processes were launched but only {accelerator.num_processes} joined.")
+        # Several processes and no GPU: they join over gloo on the CPU (otherwise each would evaluate everything alone).
+        accelerator = build_accelerator(mixed_precision="bf16" if args.bf16 else "no")
         try:
             model_dir = resolve_model(args.model, "--model")
         except NotFoundError as e:
@@ -60,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"val_loss {result['val_loss']:.4f}{bpb}  {result['model']} on {result['windows']} windows x {result['seq_len']} "
               f"tokens of {result['data_dir']} ({result['processes']} process(es), {result['seconds']:.1f} s)")
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
+            from modeling.files import write_json_atomic
+
+            write_json_atomic(args.output, result)
             print(f"wrote {args.output}")
 
 

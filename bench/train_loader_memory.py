@@ -85,16 +85,16 @@ class MemmapWindows:
 
 def worker(kind: str, data_dir: Path, seq_len: int, batch_size: int) -> dict:
     import torch
-    from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
+    from modeling.backends import build_accelerator
     from modeling.data import ShardBlockSampler, TokenWindows
 
     torch.set_num_threads(1)
     data = TokenWindows(data_dir, "train", seq_len) if kind == "ours" else MemmapWindows(data_dir, seq_len)
     windows_per_shard = data.windows_per_shard if kind == "ours" else data.index.windows_per_shard
     sampler = ShardBlockSampler(windows_per_shard, seed=1337, shuffle=True)
-    loader = Accelerator(cpu=True).prepare(DataLoader(data, sampler=sampler, batch_size=batch_size, drop_last=True))
+    loader = build_accelerator(cpu=True).prepare(DataLoader(data, sampler=sampler, batch_size=batch_size, drop_last=True))
     total = len(loader)
     marks = sorted({0, total // 4, total // 2, 3 * total // 4, total - 1})
     samples, checksum, started = [], 0, time.perf_counter()

@@ -71,8 +71,9 @@ class LiveBytes(TorchDispatchMode):
 
 def one_step(path: str, preset: str, batch: int, seq: int, bf16: bool) -> tuple[float, float, float]:
     """(activation bytes at peak, state bytes, seconds) of one training step."""
-    from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+
+    from modeling.backends import build_accelerator
 
     torch.manual_seed(0)
     config = load_model_config(preset)
@@ -80,7 +81,7 @@ def one_step(path: str, preset: str, batch: int, seq: int, bf16: bool) -> tuple[
     module = model if path == "stock" else CausalLMForTraining(model, None if path == "loss in module" else 2048)
     optimizer = build_optimizer(module, TrainingConfig(), torch.device("cpu"))
     try:
-        accelerator = Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no")
+        accelerator = build_accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no")  # as the trainer builds it
         prepared = accelerator.prepare(module)
         for p in model.parameters():  # gradients and AdamW state exist before the measured step
             p.grad = torch.zeros_like(p)

@@ -1,4 +1,4 @@
-"""What each Accelerate backend needs from the recipe, set through accelerate: DDP's buckets, batches moved without
+"""The Accelerator of every command (build_accelerator), and what each Accelerate backend needs from the recipe, set through accelerate: DDP's buckets, batches moved without
 host syncs, FSDP2's mixed-precision policy, DeepSpeed's gradient clipping, and a global gradient norm for the log.
 """
 
@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType,
                              InitProcessGroupKwargs)
 
 from modeling.config import ConfigError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # DDP gradient buckets. 124M fp32 gradients are ~500 MB: the default 25 MB makes ~20 buckets, and under torch.compile
 # DDPOptimizer splits the graph at every bucket (20 separately compiled pieces, no fusion across them). 100 MB gives
@@ -56,6 +59,31 @@ def accelerator_kwargs(launched: int) -> dict:
         # Batches go host->GPU with non_blocking=True (from pinned memory): the copy overlaps the previous step.
         "dataloader_config": DataLoaderConfiguration(non_blocking=True),
     }
+
+
+def launched_processes() -> int:
+    """Processes started by ``accelerate launch`` / torchrun (1 for a plain ``python``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_accelerator(*, cpu: bool = False, **kwargs) -> Accelerator:
+    """The ``Accelerator`` of a command (training, val loss, HellaSwag), with :func:`accelerator_kwargs` for this
+    launch (gloo on CPUs, no DeepSpeed import unless launched with it, DDP buckets, non-blocking copies).
+
+    ``cpu``: stay on the CPU even with a GPU. ``kwargs`` go to ``Accelerator`` as they are (mixed_precision,
+    gradient_accumulation_plugin, dynamo_backend, log_with, project_dir, ...). Processes that were launched but did
+    not join one group (e.g. several processes on CPUs without ACCELERATE_USE_CPU) are a ConfigError.
+    """
+    from accelerate import Accelerator
+
+    launched = launched_processes()
+    options = accelerator_kwargs(launched)
+    options["cpu"] = options["cpu"] or cpu
+    accelerator = Accelerator(**options, **kwargs)
+    if accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but they did not form one group "
+                          f"({accelerator.num_processes}); set ACCELERATE_USE_CPU=true to run on CPUs.")
+    return accelerator
 
 
 def configure_backend(accelerator, max_grad_norm: float, bf16: bool) -> None:
@@ -105,16 +133,15 @@ def end_training(accelerator) -> None:
 
 def training_accelerator(config) -> Accelerator:
     """The training run's Accelerator (``config``: a TrainingConfig), with its accumulation set from the token
-    budget; refuses a launch whose processes did not form one group, and seeds every process alike."""
+    budget; refuses muon under a sharded backend, and seeds every process alike."""
     from accelerate.utils import GradientAccumulationPlugin, set_seed
 
     from modeling.config import derive_accumulation
     from modeling.optimizer import check_backend
     from modeling.progress import quiet_library_bars
 
-    launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
     quiet_library_bars()  # no "Writing model shards" frames in a log file
-    accelerator = Accelerator(
+    accelerator = build_accelerator(
         mixed_precision="bf16" if config.bf16 else "no",
         # We call scheduler.step() once per optimizer step ourselves; accelerate would step it once per process.
         step_scheduler_with_optimizer=False,
@@ -123,12 +150,8 @@ def training_accelerator(config) -> Accelerator:
         dynamo_backend="inductor" if config.compile else None,
         log_with=config.trackers or None,
         project_dir=config.output_dir,
-        **accelerator_kwargs(launched),  # CPU runs over gloo, DDP buckets, non-blocking batch copies
     )
     check_backend(config, accelerator.distributed_type)  # muon: refused under FSDP/DeepSpeed, before any work
-    if accelerator.num_processes != launched:
-        raise ConfigError(f"{launched} processes were launched but they did not form one group "
-                          f"({accelerator.num_processes}); set ACCELERATE_USE_CPU=true to train on CPUs.")
     accelerator.gradient_accumulation_steps = derive_accumulation(config, accelerator.num_processes)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast use TF32 tensor cores

@@ -167,9 +167,12 @@ def read_run_config(checkpoint: Path) -> dict:
     return read_json(checkpoint / STATE_DIR / RUN_CONFIG, "run configuration")
 
 
-def _plain_key(name: str) -> str:
-    """A parameter name without torch.compile's (``_orig_mod.``) and DDP's (``module.``) wrapper prefixes."""
-    return name.removeprefix("_orig_mod.").removeprefix("module.")
+def plain_key(name: str) -> str:
+    """A parameter name without torch.compile's (``_orig_mod.``) and DDP's (``module.``) wrapper prefixes, in any
+    order and nesting (the one stripper: checkpoint loading and the nanoGPT converter use it)."""
+    while name.startswith(("_orig_mod.", "module.")):
+        name = name.removeprefix("_orig_mod.").removeprefix("module.")
+    return name
 
 
 def read_train_state(checkpoint: Path) -> dict:
@@ -267,7 +270,7 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
         # longer finds DDP's and every micro-batch would all-reduce. The wrappers' key prefixes are dropped here.
         state_dict = accelerator.get_state_dict(model, unwrap=False)
         if accelerator.is_main_process:
-            state_dict = {_plain_key(k): v for k, v in state_dict.items()}
+            state_dict = {plain_key(k): v for k, v in state_dict.items()}
             export_model(state_dict, model_config, vocab_size=len(tokenizer)).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / STATE_DIR / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")

@@ -8,6 +8,8 @@ Field names follow ``transformers.TrainingArguments`` wherever the concept exist
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -211,6 +213,42 @@ def _coerce(path: Path, name: str, value, hint):
         return base(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: {name} = {value!r} is not a valid {base.__name__}.") from None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` lists each flag once, in the one dialect (underscores; the dashed alias is accepted, not listed),
+    and a switch as ``--flag`` alone (not ``--flag [FLAG]``)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or not all(o.startswith("--") for o in action.option_strings):
+            return super()._format_action_invocation(action)
+        if action.nargs == "?" and action.const is True:  # HfArgumentParser's bool: --flag (or --flag false)
+            return action.option_strings[0]
+        shown = copy.copy(action)
+        shown.option_strings = action.option_strings[:1]
+        return super()._format_action_invocation(shown)
+
+
+D = typing.TypeVar("D")
+
+
+def parse_cli(arguments: type[D], argv: list[str] | None, *, positional: tuple[str, ...] = (),
+              description: str | None = None, prog: str | None = None) -> D:
+    """The CLIs' one way to parse: ``HfArgumentParser`` over the dataclass ``arguments``, flags ``--field_name`` with
+    ``--field-name`` accepted too. ``positional``: fields (declared with a default of None) that may also be given
+    by position, as ``push_to_hub.py CKPT``; one of them missing is a usage error."""
+    import sys
+
+    parser = HfArgumentParser(arguments, description=description, prog=prog, formatter_class=HelpFormatter)
+    helps = {f.name: f.metadata.get("help") for f in dataclasses.fields(arguments)}
+    for name in positional:
+        parser.add_argument(name, nargs="?", default=argparse.SUPPRESS, help=f"{helps[name]} (or --{name})")
+    argv = sys.argv[1:] if argv is None else argv
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    missing = [name for name in positional if getattr(args, name) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def parse_training_config(argv: list[str]) -> TrainingConfig:

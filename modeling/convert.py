@@ -27,8 +27,6 @@ nanoGPT's 50,304 or llm.c's Vp are cut), loadable offline by ``from_pretrained``
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import glob
 import os
 import pickle
@@ -36,13 +34,15 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from modeling import shards as shardio
-from modeling.tokenizer import EOT_ID, GPT2_RANKS_SHA256, TokenizerNotFoundError
+from modeling.checkpoint import plain_key
+from modeling.tokenizer import EOT_ID, TokenizerNotFoundError
 
 if TYPE_CHECKING:  # annotations only; torch and transformers are imported where they are used
     import torch
@@ -155,12 +155,6 @@ def _listed(names: list[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
-def _strip_prefixes(name: str) -> str:
-    while name.startswith(("_orig_mod.", "module.")):
-        name = name.removeprefix("_orig_mod.").removeprefix("module.")
-    return name
-
-
 def nanogpt_to_hf(state_dict: dict[str, torch.Tensor], *, n_head: int, gelu: str, where: str = "state dict"
                   ) -> tuple[dict[str, torch.Tensor], "GPT2Config"]:
     """A nanoGPT-layout ``GPT`` state dict -> (GPT2LMHeadModel state dict, GPT2Config) computing the same logits."""
@@ -172,7 +166,7 @@ def nanogpt_to_hf(state_dict: dict[str, torch.Tensor], *, n_head: int, gelu: str
         raise ValueError(f"gelu must be one of {sorted(GELU)}, got {gelu!r}")
     sd = {}
     for name, tensor in state_dict.items():
-        name = _strip_prefixes(name)
+        name = plain_key(name)
         if not _MASK_BUFFER.match(name):  # the causal mask is rebuilt by the model, not a weight
             sd[name] = tensor
     if "transformer.wte.weight" not in sd or "transformer.wpe.weight" not in sd:
@@ -497,29 +491,14 @@ def convert_npy_shards(source: str | os.PathLike, out: str | os.PathLike, *, chu
                 shards.append({"file": shard.path.name, "split": split, "tokens": shard.num_tokens,
                                "sha256": shard.close(), "documents": documents, "converted_from": path.name})
         bar.close()
-        seconds = time.perf_counter() - started
-        total = sum(s["tokens"] for s in shards)
-        manifest = {
-            "source": str(source),
-            "identity": {
-                "source": {"kind": "build-nanogpt .npy shards", "files": [s["converted_from"] for s in shards]},
-                "tokenizer": {"name": "gpt2", "ranks_sha256": GPT2_RANKS_SHA256, "eot": EOT_ID,
-                              "vocab_size": GPT2_VOCAB},
-                "settings": {"converted": True},
-                "format": {"name": "llm.c token shard", "magic": shardio.MAGIC, "header_bytes": shardio.HEADER_BYTES,
-                           "version": shardio.version_for_vocab(GPT2_VOCAB)},
-            },
-            "command": command,
-            "dtype": str(shardio.DTYPE_BY_VERSION[shardio.version_for_vocab(GPT2_VOCAB)]),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "complete": True,
-            "shards": shards,
-            "totals": {"tokens": total, "val_tokens": sum(s["tokens"] for s in shards if s["split"] == "val"),
-                       "train_tokens": sum(s["tokens"] for s in shards if s["split"] == "train"),
-                       "docs": sum(s["documents"] for s in shards)},
-            "conversion_seconds": round(seconds, 3),
-        }
-        shardio.write_json_atomic(tmp / shardio.MANIFEST_NAME, manifest)
+        from modeling.prepare import new_manifest, shards_identity, write_manifest  # prepare's manifest, one owner
+
+        source_identity = {"kind": "build-nanogpt .npy shards", "files": [s["converted_from"] for s in shards]}
+        manifest = new_manifest(str(source), shards_identity(source_identity, {"converted": True}, GPT2_VOCAB),
+                                command, shards)
+        manifest["complete"] = True
+        manifest["conversion_seconds"] = round(time.perf_counter() - started, 3)
+        write_manifest(tmp, manifest)
     except BaseException:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -532,49 +511,95 @@ def convert_npy_shards(source: str | os.PathLike, out: str | os.PathLike, *, chu
 # CLI
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gpt2-convert", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = p.add_subparsers(dest="kind", required=True)
-    nano = sub.add_parser("nanogpt", help="nanoGPT / build-nanogpt .pt checkpoint -> Transformers folder")
-    nano.add_argument("checkpoint", help="ckpt.pt (nanoGPT), model_NNNNN.pt (build-nanogpt) or a bare state dict")
-    nano.add_argument("out", help="output folder (a Transformers model folder)")
-    nano.add_argument("--n_head", type=int, default=None, help="attention heads; default: from the checkpoint")
-    nano.add_argument("--gelu", choices=sorted(GELU), default=None,
-                      help="default: from the checkpoint's config (nanoGPT: exact, build-nanogpt: tanh)")
-    llmc = sub.add_parser("llmc", help="llm.c model file (gpt2_124M.bin, gpt2_124M_bf16.bin, model_NNNNNNNN.bin)")
-    llmc.add_argument("model_file")
-    llmc.add_argument("out", help="output folder (a Transformers model folder)")
-    for parser in (nano, llmc):
-        parser.add_argument("--bpe_dir", default=None, help="GPT-2 BPE files for the tokenizer (else $GPT2_BPE_DIR, "
-                            "tiktoken's cache, or a download)")
-    to_llmc = sub.add_parser("to-llmc", help="Transformers GPT-2 folder -> llm.c model file")
-    to_llmc.add_argument("model_dir", help="a checkpoint folder (config.json + model.safetensors)")
-    to_llmc.add_argument("out", help="llm.c model file to write, e.g. gpt2_124M.bin")
-    to_llmc.add_argument("--dtype", choices=sorted(LLMC_VERSIONS.values()), default="float32")
-    npy = sub.add_parser("npy", help="build-nanogpt .npy token shards -> our .bin shards + manifest.json")
-    npy.add_argument("source", help="directory (e.g. edu_fineweb10B/) or glob of *_{val,train}_NNNNNN.npy files")
-    npy.add_argument("out", help="output directory for the shards (train_hf.py's data_dir)")
-    npy.add_argument("--chunk_tokens", type=int, default=1 << 24, help="tokens copied per read (memory bound)")
-    for parser in (nano, llmc, to_llmc, npy):
-        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
-    return p.parse_args(argv)
+def _positional(help_text: str):
+    return field(default=None, metadata={"help": help_text})
+
+
+_OVERWRITE = {"help": "replace a non-empty output"}
+_BPE_DIR = {"help": "GPT-2 BPE files for the tokenizer (else $GPT2_BPE_DIR, tiktoken's cache, or a download)"}
+_HF_OUT = "output folder (a Transformers model folder)"
+
+
+@dataclass
+class NanoGPTArguments:
+    """nanoGPT / build-nanogpt .pt checkpoint -> Transformers folder"""
+
+    checkpoint: Optional[str] = _positional("ckpt.pt (nanoGPT), model_NNNNN.pt (build-nanogpt) or a bare state dict")
+    out: Optional[str] = _positional(_HF_OUT)
+    n_head: Optional[int] = field(default=None, metadata={"help": "attention heads; default: from the checkpoint"})
+    gelu: Optional[str] = field(default=None, metadata={"choices": sorted(GELU), "help": "default: from the "
+                                "checkpoint's config (nanoGPT: exact, build-nanogpt: tanh)"})
+    bpe_dir: Optional[str] = field(default=None, metadata=_BPE_DIR)
+    overwrite: bool = field(default=False, metadata=_OVERWRITE)
+
+
+@dataclass
+class LlmcArguments:
+    """llm.c model file (gpt2_124M.bin, gpt2_124M_bf16.bin, model_NNNNNNNN.bin) -> Transformers folder"""
+
+    model_file: Optional[str] = _positional("an llm.c model file")
+    out: Optional[str] = _positional(_HF_OUT)
+    bpe_dir: Optional[str] = field(default=None, metadata=_BPE_DIR)
+    overwrite: bool = field(default=False, metadata=_OVERWRITE)
+
+
+@dataclass
+class ToLlmcArguments:
+    """Transformers GPT-2 folder -> llm.c model file"""
+
+    model_dir: Optional[str] = _positional("a checkpoint folder (config.json + model.safetensors)")
+    out: Optional[str] = _positional("llm.c model file to write, e.g. gpt2_124M.bin")
+    dtype: str = field(default="float32", metadata={"choices": sorted(LLMC_VERSIONS.values()), "help": "weights' dtype"})
+    overwrite: bool = field(default=False, metadata=_OVERWRITE)
+
+
+@dataclass
+class NpyArguments:
+    """build-nanogpt .npy token shards -> our .bin shards + manifest.json"""
+
+    source: Optional[str] = _positional("directory (e.g. edu_fineweb10B/) or glob of *_{val,train}_NNNNNN.npy files")
+    out: Optional[str] = _positional("output directory for the shards (train_hf.py's data_dir)")
+    chunk_tokens: int = field(default=1 << 24, metadata={"help": "tokens copied per read (memory bound)"})
+    overwrite: bool = field(default=False, metadata=_OVERWRITE)
+
+
+KINDS = {"nanogpt": (NanoGPTArguments, ("checkpoint", "out")), "llmc": (LlmcArguments, ("model_file", "out")),
+         "to-llmc": (ToLlmcArguments, ("model_dir", "out")), "npy": (NpyArguments, ("source", "out"))}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, object]:
+    """``KIND ...``: the kind, then its dataclass parsed by HfArgumentParser (the CLIs' one dialect)."""
+    from modeling.config import parse_cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in KINDS:
+        listing = "\n".join(f"  {kind:<9} {arguments.__doc__}" for kind, (arguments, _) in KINDS.items())
+        print(f"usage: gpt2-convert KIND ... (KIND --help for its flags)\n{__doc__.split(chr(10) * 2)[0]}\n{listing}",
+              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        if argv[:1] in (["-h"], ["--help"]):
+            raise SystemExit(0)
+        print(f"gpt2-convert: error: the first argument is the kind of conversion, one of {', '.join(KINDS)}"
+              f"{f' (got {argv[0]!r})' if argv else ''}", file=sys.stderr)
+        raise SystemExit(2)
+    arguments, positional = KINDS[argv[0]]
+    return argv[0], parse_cli(arguments, argv[1:], positional=positional, prog=f"gpt2-convert {argv[0]}",
+                              description=arguments.__doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
     from modeling.progress import quiet_library_bars
 
-    args = parse_args(argv)
+    kind, args = parse_args(argv)
     quiet_library_bars()  # in a log: no "Loading weights" / "Writing model shards" bar frames
     try:
-        if args.kind == "nanogpt":
+        if kind == "nanogpt":
             out = convert_nanogpt(args.checkpoint, args.out, n_head=args.n_head, gelu=args.gelu, bpe_dir=args.bpe_dir,
                                   overwrite=args.overwrite)
             print(f"wrote {out} (load it with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
-        elif args.kind == "llmc":
+        elif kind == "llmc":
             out = convert_llmc(args.model_file, args.out, bpe_dir=args.bpe_dir, overwrite=args.overwrite)
             print(f"wrote {out} (load it with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
-        elif args.kind == "to-llmc":
+        elif kind == "to-llmc":
             out = write_llmc_model(args.model_dir, args.out, dtype=args.dtype, overwrite=args.overwrite)
             print(f"wrote {out} (llm.c: ./train_gpt2cu -e {out} ...)")
         else:

@@ -1,4 +1,5 @@
-"""Reading the project's small text files so that a damaged one ends in one line naming it (torch-free).
+"""Reading the project's small text files so that a damaged one ends in one line naming it, and writing JSON so
+that a file is either complete or absent (torch-free).
 
 One rule each, shared by every reader: JSON files (markers, configs, manifests), JSON-lines logs (a torn last
 line is what a kill leaves: dropped with a message; a bad line elsewhere is an error naming the line), and text
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -30,6 +32,27 @@ def read_json(path: str | Path, what: str = "JSON") -> object:
     except json.JSONDecodeError as e:
         raise FileFormatError(f"{path}, line {e.lineno}: not valid {what} ({e.msg}); the file is damaged or was cut "
                               "short. Restore or delete it.") from None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``text`` at ``path``, all or nothing: written to ``<path>.tmp``, fsynced, renamed over ``path``. A failure
+    (e.g. a full disk) leaves the previous file and no ``.tmp`` beside it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: object) -> None:
+    """``data`` as indented JSON at ``path``, all or nothing (write_text_atomic)."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 _TORN_REPORTED: set[Path] = set()

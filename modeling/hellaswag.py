@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 
 from modeling.hellaswag_data import (  # noqa: F401 - load_examples, tokenize and max_context_length are API too
     CONVENTIONS, Example, Tokens, load_examples, max_context_length, render, tokenize)
+from modeling.backends import no_deepspeed_unless_launched
 from modeling.progress import bar
 
 DEFAULT_BATCH_SIZE = 16  # prefix groups (~ examples of one convention) per forward pass; 16 was fastest on 2 CPU cores
@@ -356,9 +358,9 @@ def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: in
             raise ValueError(f"unknown convention {conv!r}; choose from {', '.join(CONVENTIONS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: new shapes would trigger recompilation
+    # DDP's and torch.compile's wrappers off (new shapes would trigger recompilation), in either nesting order.
+    no_deepspeed_unless_launched()  # else accelerate imports DeepSpeed (2 s, a log line) just to rule it out
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     world = accelerator.num_processes if accelerator is not None else 1
     mine = examples[accelerator.process_index::world] if world > 1 else examples
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()

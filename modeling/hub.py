@@ -18,7 +18,9 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from modeling import report
 from modeling.card import build_model_card
@@ -30,6 +32,39 @@ MODEL_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", 
                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json")
 REPORT_FILES = (report.CARD, *report.PLOTS, report.HELLASWAG_RESULTS, report.METRICS)
 _REPO_ID = HUB_ID  # one owner of the rule: modeling.locate
+
+
+@dataclass
+class PushArguments:
+    """push_to_hub.py's flags (the checkpoint may also be given by position)."""
+
+    repo_id: str = field(metadata={"help": "USER/NAME (or ORG/NAME) of the model repository"})
+    checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "a checkpoint-N folder, or a training output_dir (its newest checkpoint)"})
+    private: bool = field(default=False, metadata={
+        "help": "create the repository as private (if it does not exist)"})
+    revision: Optional[str] = field(default=None, metadata={
+        "aliases": ["--branch"], "help": "branch to push to (created from main if missing); default: main"})
+    commit_message: Optional[str] = field(default=None, metadata={
+        "help": "default: 'Upload checkpoint-N (gpt2-hf push_to_hub.py)'"})
+    dry_run: Optional[str] = field(default=None, metadata={
+        "metavar": "OUT", "help": "write exactly the folder that would be uploaded into OUT, list it, and upload nothing"})
+    dataset: Optional[str] = field(default=None, metadata={
+        "help": "Hub id of the training data for the card's metadata, when the shards were made from local files "
+                "(e.g. HuggingFaceFW/fineweb-edu)"})
+    license: str = field(default="mit", metadata={"help": "license in the card's metadata"})
+
+
+@dataclass
+class PlaceArguments:
+    """``python -m modeling.hub``'s flags (the folder may also be given by position)."""
+
+    repo_id: str = field(metadata={"help": "USER/NAME it will load as"})
+    folder: Optional[str] = field(default=None, metadata={
+        "help": "a folder to serve as the repo's main revision (e.g. a push_to_hub.py --dry_run OUT)"})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "default: $HF_HUB_CACHE (huggingface_hub's cache)"})
+    generate: Optional[str] = field(default=None, metadata={
+        "metavar": "PROMPT", "help": "then run pipeline('text-generation', model=REPO_ID) on PROMPT and print the text"})
 
 
 class HubError(ValueError):
@@ -234,16 +269,12 @@ def place_in_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | Non
 def main(argv: list[str] | None = None) -> None:
     """``python -m modeling.hub FOLDER --repo-id USER/NAME [--generate PROMPT]``: place a (dry-run) folder in the Hub
     cache ($HF_HUB_CACHE) as ``USER/NAME``, then optionally load it by that id with ``pipeline`` and generate."""
-    import argparse
     import sys
 
-    p = argparse.ArgumentParser(description="Put a folder where huggingface_hub resolves a repo id offline.")
-    p.add_argument("folder", help="a folder to serve as the repo's main revision (e.g. a push_to_hub.py --dry-run OUT)")
-    p.add_argument("--repo-id", required=True, help="USER/NAME it will load as")
-    p.add_argument("--cache-dir", default=None, help="default: $HF_HUB_CACHE (huggingface_hub's cache)")
-    p.add_argument("--generate", metavar="PROMPT", default=None,
-                   help="then run pipeline('text-generation', model=REPO_ID) on PROMPT and print the text")
-    args = p.parse_args(argv)
+    from modeling.config import parse_cli
+
+    args = parse_cli(PlaceArguments, argv, positional=("folder",),
+                     description="Put a folder where huggingface_hub resolves a repo id offline.")
     try:
         check_checkpoint(args.folder)
         snapshot = place_in_cache(args.folder, args.repo_id, args.cache_dir)

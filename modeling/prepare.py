@@ -101,15 +101,27 @@ def _write_failed(out: Path, error: OSError, manifest: dict) -> WriteFailedError
                             "there.")
 
 
-def _identity(args: PrepareArguments, source: Source, vocab_size: int) -> dict:
-    """Everything that determines the shards' bytes; a resume must match it exactly."""
+def shards_identity(source: dict, settings: dict, vocab_size: int) -> dict:
+    """Everything that determines the shards' bytes (a resume must match it exactly): the manifest's "identity"."""
     return {
-        "source": source.identity(),
+        "source": source,
         "tokenizer": {"name": "gpt2", "ranks_sha256": GPT2_RANKS_SHA256, "eot": EOT_ID, "vocab_size": vocab_size},
-        "settings": {"shard_size": args.shard_size, "val_tokens": args.val_token_count,
-                     "max_tokens": args.max_tokens, "max_docs": args.max_docs},
+        "settings": settings,
         "format": {**FORMAT, "version": shardio.version_for_vocab(vocab_size)},
     }
+
+
+def _identity(args: PrepareArguments, source: Source, vocab_size: int) -> dict:
+    return shards_identity(source.identity(), {"shard_size": args.shard_size, "val_tokens": args.val_token_count,
+                                               "max_tokens": args.max_tokens, "max_docs": args.max_docs}, vocab_size)
+
+
+def new_manifest(source: str, identity: dict, command: str, shards: list[dict]) -> dict:
+    """A manifest.json not yet complete, listing ``shards`` (write it with :func:`write_manifest`)."""
+    return {"source": source, "identity": identity, "command": command,
+            "dtype": str(shardio.DTYPE_BY_VERSION[identity["format"]["version"]]),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "complete": False, "shards": shards}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -165,7 +177,7 @@ def _open_output(out: Path, identity: dict, overwrite: bool) -> tuple[list[dict]
     if not complete and (manifest.get("complete") or len(kept) < len(manifest["shards"])):
         # Say the directory is unfinished before deleting any shard it lists: a crash from here on must not leave
         # a manifest claiming shards that are gone.
-        _write_manifest(out, {**manifest, "complete": False, "shards": kept})
+        write_manifest(out, {**manifest, "complete": False, "shards": kept})
     keep_names = {s["file"] for s in kept}
     for path in out.glob("*.bin"):  # shards past the verified prefix are rewritten
         if path.name not in keep_names:
@@ -231,7 +243,7 @@ class _ShardSequence:
         self.manifest["shards"].append({"file": self.current.path.name, "split": self.current_split,
                                         "tokens": self.current.num_tokens, "sha256": digest, "end": dict(self.position)})
         self.current = None
-        _write_manifest(self.out, self.manifest)
+        write_manifest(self.out, self.manifest)
         if self.after_shard is not None:
             self.after_shard(self.manifest)
 
@@ -240,13 +252,20 @@ class _ShardSequence:
             self.current.abort()
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
+def _documents(shards: list[dict]) -> int:
+    if shards and "end" not in shards[-1]:  # imported shards (convert npy) count their own documents
+        return sum(s["documents"] for s in shards)
+    return (shards[-1]["end"]["doc"] + (shards[-1]["end"]["offset"] > 0)) if shards else 0
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """``out/manifest.json`` (atomically), its totals computed from its shards."""
     shards = manifest["shards"]
     manifest["totals"] = {
         "tokens": sum(s["tokens"] for s in shards),
         "val_tokens": sum(s["tokens"] for s in shards if s["split"] == "val"),
         "train_tokens": sum(s["tokens"] for s in shards if s["split"] == "train"),
-        "docs": (shards[-1]["end"]["doc"] + (shards[-1]["end"]["offset"] > 0)) if shards else 0,
+        "docs": _documents(shards),
     }
     shardio.write_json_atomic(out / shardio.MANIFEST_NAME, manifest)
 
@@ -283,9 +302,7 @@ def prepare_shards(args: PrepareArguments, command: str = "",
     kept, complete = _open_output(out, identity, args.overwrite)
     if complete:
         return shardio.load_manifest(out)
-    manifest = {"source": args.source, "identity": identity, "command": command, "dtype": str(shardio.DTYPE_BY_VERSION[identity["format"]["version"]]),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "complete": False, "shards": kept}
+    manifest = new_manifest(args.source, identity, command, kept)
 
     try:
         return _write_shards(args, source, enc, out, manifest, after_shard, progress)
@@ -302,7 +319,7 @@ def _write_shards(args: PrepareArguments, source: Source, enc, out: Path, manife
     kept = manifest["shards"]
     # On disk before the first shard: a crash at any point leaves a manifest that says "not complete" and lists
     # exactly the finished shards, so a rerun knows the directory is its own and training refuses it.
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     resume = kept[-1]["end"] if kept else {"doc": 0, "offset": 0}
     writer = _ShardSequence(out, args, enc.n_vocab, manifest, after_shard, resume)
     documents = source.documents(skip=resume["doc"])
@@ -336,5 +353,5 @@ def _write_shards(args: PrepareArguments, source: Source, enc, out: Path, manife
     if not manifest["shards"]:
         raise SourceError(f"{args.source}: no tokens were produced (is --max-docs or --max-tokens 0?).")
     manifest["complete"] = True
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     return manifest

@@ -18,18 +18,19 @@ Every number comes from the run's own files, and a number they do not hold is le
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 from modeling.checkpoint import checkpoint_step
-from modeling.files import FileFormatError, read_json, read_jsonl
+from modeling.files import FileFormatError, read_json, read_jsonl, write_json_atomic, write_text_atomic
 
 METRICS = "metrics.jsonl"
 RUN_INFO = "run_info.json"
@@ -77,9 +78,7 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
         if enabled and path.exists():  # drop what was logged after the checkpoint we resume from
             kept = read_metrics(path.parent, up_to_step=resume_step)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -89,12 +88,6 @@ class MetricsLog:
 
 def _read_json(path: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -130,7 +123,7 @@ class RunInfo:
         return info
 
     def _write(self, sessions: list[dict]) -> None:
-        _write_json_atomic(self.path, {"sessions": sessions})
+        write_json_atomic(self.path, {"sessions": sessions})
 
     def _update(self) -> None:
         sessions = (_read_json(self.path) or {}).get("sessions", [])
@@ -526,7 +519,7 @@ def record_hellaswag(checkpoint: str | Path, results: dict, *, data: str | None,
     key = ("data_file", "offset", "n")
     evaluations = [e for e in (_read_json(path) or {}).get("evaluations", [])
                    if tuple(e.get(k) for k in key) != tuple(entry[k] for k in key)]
-    _write_json_atomic(path, {"evaluations": evaluations + [entry]})
+    write_json_atomic(path, {"evaluations": evaluations + [entry]})
     if RunFacts(checkpoint).is_training_run:  # a converted folder's own README.md is its author's: left alone
         try:
             write_report(checkpoint)
@@ -537,13 +530,24 @@ def record_hellaswag(checkpoint: str | Path, results: dict, *, data: str | None,
     return path
 
 
+@dataclass
+class ReportArguments:
+    """``python -m modeling.report``'s flags (the output_dir may also be given by position)."""
+
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "a training output_dir (holding metrics.jsonl and checkpoint-N/)"})
+    checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "the checkpoint that gets the card (default: the newest)"})
+    dataset: Optional[str] = field(default=None, metadata={
+        "help": "Hub id of the training data, for the card's metadata, when it was read from local files "
+                "(e.g. HuggingFaceFW/fineweb-edu)"})
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Plots (eval.png, lr_schedule.png) and model card of a training run.")
-    p.add_argument("output_dir", help="a training output_dir (holding metrics.jsonl and checkpoint-N/)")
-    p.add_argument("--checkpoint", default=None, help="the checkpoint that gets the card (default: the newest)")
-    p.add_argument("--dataset", default=None, help="Hub id of the training data, for the card's metadata, when it "
-                   "was read from local files (e.g. HuggingFaceFW/fineweb-edu)")
-    args = p.parse_args(argv)
+    from modeling.config import parse_cli
+
+    args = parse_cli(ReportArguments, argv, positional=("output_dir",),
+                     description="Plots (eval.png, lr_schedule.png) and model card of a training run.")
     from modeling.checkpoint import newest_checkpoint
 
     output_dir = Path(args.output_dir)

@@ -11,14 +11,13 @@ truncated ``.bin`` that looks finished. ``manifest.json`` beside the shards is r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from modeling.files import FileFormatError, read_json
+# write_json_atomic: the manifest's writer, named here (prepare and convert write manifest.json through it).
+from modeling.files import FileFormatError, read_json, write_json_atomic  # noqa: F401
 
 MAGIC = 20240520
 HEADER_INTS = 256
@@ -135,19 +134,6 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int = 2
     shard = ShardFile(path, vocab_size)
     shard.write(np.asarray(tokens))
     return shard.close()
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # e.g. a full disk: the previous file stays, no half-written .tmp beside it
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_manifest(data_dir: str | os.PathLike) -> dict | None:

@@ -20,9 +20,6 @@ import functools
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -46,7 +43,7 @@ _FETCH_HINT = (
     "Provide GPT-2's BPE files in a directory and pass it with --bpe-dir or the environment variable "
     f"{BPE_DIR_ENV}: either gpt2.tiktoken, or encoder.json + vocab.bpe, or vocab.json + merges.txt. "
     "This project's tests use ../shared/data/gpt2_bpe. On a machine that reaches PyPI but not the Hub, "
-    "`python -m modeling.tokenizer --fetch DIR` extracts gpt2.tiktoken from the openai-whisper sdist (MIT)."
+    "`python tools/fetch_gpt2_bpe.py DIR` extracts gpt2.tiktoken from the openai-whisper sdist (MIT)."
 )
 
 
@@ -218,41 +215,15 @@ def get_hf_tokenizer(bpe_dir: str | os.PathLike | None = None, model_max_length:
     return GPT2TokenizerFast(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
 
 
-def fetch_bpe_from_pypi(dest: str | os.PathLike) -> Path:
-    """Download the openai-whisper sdist from PyPI (no install) and extract whisper/assets/gpt2.tiktoken into ``dest``."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                        "-d", tmp, "openai-whisper"], check=True)
-        sdist = next(Path(tmp).glob("openai[-_]whisper-*.tar.gz"))
-        with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
-            data = tar.extractfile(member).read()
-    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
-        raise ValueError(f"gpt2.tiktoken from {sdist.name} has an unexpected sha256; not saved")
-    target = dest / "gpt2.tiktoken"
-    tmp_target = target.with_suffix(".tmp")
-    tmp_target.write_bytes(data)
-    os.replace(tmp_target, target)
-    return target
-
-
 def main() -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Check or fetch GPT-2's BPE files for offline use.")
-    parser.add_argument("--fetch", metavar="DIR", help="extract gpt2.tiktoken from the openai-whisper sdist on PyPI into DIR")
-    parser.add_argument("--bpe-dir", help=f"directory to check (default: ${BPE_DIR_ENV}, then tiktoken's cache)")
+    parser = argparse.ArgumentParser(description="Check GPT-2's BPE files for offline use (fetch them with "
+                                     "tools/fetch_gpt2_bpe.py).")
+    parser.add_argument("--bpe_dir", "--bpe-dir", help=f"directory to check (default: ${BPE_DIR_ENV}, then tiktoken's cache)")
     args = parser.parse_args()
     try:
-        if args.fetch:
-            print(f"wrote {fetch_bpe_from_pypi(args.fetch)}; use it with --bpe-dir {args.fetch} or {BPE_DIR_ENV}={args.fetch}")
-            return
         enc = get_encoding(args.bpe_dir)
-    except subprocess.CalledProcessError:  # pip has printed why (offline, no such package version...)
-        raise SystemExit(f"modeling.tokenizer: error: `pip download openai-whisper` failed (see above); "
-                         f"copy gpt2.tiktoken into {args.fetch} by hand instead") from None
     except (TokenizerNotFoundError, ValueError, OSError) as e:
         raise SystemExit(f"modeling.tokenizer: error: {e}") from None
     print(f"GPT-2 BPE OK: {enc.n_vocab} tokens, ranks sha256 {GPT2_RANKS_SHA256[:12]}...")

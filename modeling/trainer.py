@@ -7,7 +7,6 @@ whole optimizer step on one screen and ``train()`` the loop, in nanoGPT's order:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from modeling.backends import configure_backend, end_training, global_norm, trai
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import TimedBatches, TokenWindows, endless_batches, train_loader_for
 from modeling.faults import EvaluationInterrupted, StopSignals, check_step, refuse_nonfinite_weights, skip_or_stop
+from modeling.files import write_json_atomic
 from modeling.hardware import peak_flops
 from modeling.hellaswag import examples_for_training, score_hellaswag
 from modeling.lm_loss import CausalLMForTraining
@@ -104,7 +104,7 @@ class TrainingRun:
         # Command line, git commit, versions, hardware: at the top of output_dir and in every checkpoint (not compared).
         self.run_config["environment"] = run_record.environment(self.accelerator)
         if self.accelerator.is_main_process:
-            (self.output_dir / "run_config.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
+            write_json_atomic(self.output_dir / "run_config.json", self.run_config)
 
     def _build_model(self) -> None:
         # `model` stays the plain GPT2LMHeadModel (sampling, HellaSwag, export); `train_model` shares its modules

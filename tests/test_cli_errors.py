@@ -78,3 +78,27 @@ def test_no_record_help_says_what_it_does(capsys):
     assert "--no_record do not record the results" in text and "(default: True)" not in text
     assert eval_hellaswag.parse_args(["--model", "m"]).no_record is False
     assert eval_hellaswag.parse_args(["--model", "m", "--no_record"]).no_record is True
+
+
+def test_every_cli_takes_underscores_and_dashes_and_its_help_lists_underscores(capsys):
+    """One dialect (HfArgumentParser over dataclasses): --field_name, the dashed spelling accepted, positionals kept."""
+    import eval_hellaswag
+    import push_to_hub
+    from modeling import convert
+
+    for flags in (["--repo_id", "me/m", "--dry_run", "up", "--commit_message", "x"],
+                  ["--repo-id", "me/m", "--dry-run", "up", "--commit-message", "x"]):
+        args = push_to_hub.parse_args(["ckpt", *flags])
+        assert (args.checkpoint, args.repo_id, args.dry_run, args.commit_message) == ("ckpt", "me/m", "up", "x")
+    assert push_to_hub.parse_args(["--repo_id", "me/m", "--checkpoint", "c", "--branch", "b"]).revision == "b"
+    for spelling in ("--per_example", "--per-example"):
+        assert eval_hellaswag.parse_args(["--model", "m", spelling, "e.jsonl"]).per_example == "e.jsonl"
+    kind, args = convert.parse_args(["nanogpt", "a.pt", "out", "--n-head", "4", "--bpe_dir", "b", "--overwrite"])
+    assert kind == "nanogpt" and (args.checkpoint, args.out, args.n_head, args.bpe_dir, args.overwrite) == ("a.pt", "out", 4, "b", True)
+    with pytest.raises(SystemExit):
+        push_to_hub.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--dry_run OUT" in text and "--dry-run" not in text.split("options:")[1]
+    with pytest.raises(SystemExit) as exit_info:
+        push_to_hub.parse_args(["--repo_id", "me/m"])  # no checkpoint, by position or flag
+    assert exit_info.value.code == 2 and "required: checkpoint" in capsys.readouterr().err

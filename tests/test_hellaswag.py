@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -570,3 +571,27 @@ def test_a_damaged_hellaswag_file_is_named_in_one_line(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert str(path) in done.stderr and "ends early" in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
         done.stderr
+
+
+@needs_fineweb
+@needs_hellaswag
+def test_the_eval_driver_runs_in_process_and_writes_what_it_prints(checkpoint, ours, tmp_path):
+    """eval_hellaswag.py's whole driver, called as a function: the same scores as the scorer, the table, the JSON
+    output, the per-example lines and the record in the checkpoint folder."""
+    from modeling.hellaswag_eval import HellaSwagEvalArguments, evaluate_hellaswag
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, folder)  # the session's checkpoint is left as it is
+    (folder / "hellaswag_results.json").unlink(missing_ok=True)  # another test's record, if it ran first
+    lines: list[str] = []
+    args = HellaSwagEvalArguments(model=str(folder), data=str(HELLASWAG_FILE), limit=40, batch_size=64,
+                                  progress="off", output=str(tmp_path / "m.json"),
+                                  per_example=str(tmp_path / "e.jsonl"))
+    report = evaluate_hellaswag(args, log=lines.append)
+    assert report == ours.metrics
+    assert json.loads((tmp_path / "m.json").read_text()) == report
+    assert [json.loads(line)["index"] for line in (tmp_path / "e.jsonl").read_text().splitlines()] == list(range(40))
+    m = ours.metrics["nanogpt"]
+    assert any(line.startswith("ours") and f"{m['acc']:.4f}" in line and f"{m['acc_norm']:.4f}" in line for line in lines)
+    recorded = json.loads((folder / "hellaswag_results.json").read_text())["evaluations"]
+    assert len(recorded) == 1 and recorded[0]["n"] == 40 and any("recorded in" in line for line in lines)

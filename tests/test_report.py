@@ -67,3 +67,20 @@ def test_wall_time_follows_the_chain_of_sessions_and_is_unknown_when_a_link_is_m
     assert report.wall_time_to(sessions, 300) == 195.0 and report.wall_time_to(sessions, 100) == 60.0
     # a session that resumed from a checkpoint whose saving time nobody recorded
     assert report.wall_time_to([{"start_step": 150, "checkpoints": {"300": 70.0}}], 300) is None
+
+
+def test_recorded_results_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """hellaswag_results.json goes through the one atomic writer: written, fsynced, then renamed (a crash never
+    leaves a renamed file whose bytes are still in the page cache only)."""
+    import os
+
+    from modeling import files, report
+
+    events = []
+    monkeypatch.setattr(files.os, "fsync", lambda fd: events.append("fsync"))
+    real_replace = os.replace
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
+    (tmp_path / "config.json").write_text("{}")
+    report.record_hellaswag(tmp_path, {"nanogpt": {"acc": 0.5}}, data=None, offset=0, n=10, dtype="float32")
+    assert events == ["fsync", "replace"]
+    assert not list(tmp_path.glob("*.tmp"))

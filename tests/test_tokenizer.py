@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from modeling import tokenizer as tok
+from tools import fetch_gpt2_bpe
 
 TEXTS = [
     "Hello world! The quick brown fox jumps over the lazy dog.",
@@ -122,15 +123,15 @@ def _fake_pip_download(payload: bytes):
 
 
 def test_fetch_from_the_whisper_sdist_writes_verified_ranks(bpe_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(tok.subprocess, "run", _fake_pip_download((bpe_dir / "gpt2.tiktoken").read_bytes()))
-    written = tok.fetch_bpe_from_pypi(tmp_path / "bpe")
+    monkeypatch.setattr(fetch_gpt2_bpe.subprocess, "run", _fake_pip_download((bpe_dir / "gpt2.tiktoken").read_bytes()))
+    written = fetch_gpt2_bpe.fetch_bpe_from_pypi(tmp_path / "bpe")
     assert written == tmp_path / "bpe" / "gpt2.tiktoken"
     assert tok.get_encoding(tmp_path / "bpe").encode_ordinary(TEXTS[0]) == tok.get_encoding(bpe_dir).encode_ordinary(TEXTS[0])
 
 
 def test_fetch_refuses_a_file_with_the_wrong_hash_and_writes_nothing(bpe_dir, tmp_path, monkeypatch):
     tampered = (bpe_dir / "gpt2.tiktoken").read_bytes().replace(b" 0\n", b" 1\n", 1)
-    monkeypatch.setattr(tok.subprocess, "run", _fake_pip_download(tampered))
+    monkeypatch.setattr(fetch_gpt2_bpe.subprocess, "run", _fake_pip_download(tampered))
     with pytest.raises(ValueError, match="unexpected sha256"):
-        tok.fetch_bpe_from_pypi(tmp_path / "bpe")
+        fetch_gpt2_bpe.fetch_bpe_from_pypi(tmp_path / "bpe")
     assert not list((tmp_path / "bpe").iterdir())
