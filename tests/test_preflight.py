@@ -1,0 +1,137 @@
+"""--preflight (modeling/preflight.py): the arithmetic and probes on their own, then whole preflights of the tiny
+preset on 1 and 2 CPU processes, each refusal forced, and the projected wall time against a real run."""
+
+import datetime
+import json
+
+import pytest
+import torch
+
+from modeling import preflight as pf
+from modeling.config import TrainingConfig
+from modeling.hardware import datasheet_peak
+
+from conftest import TINY
+
+
+# ---- the peak FLOP/s table: the strings torch.cuda.get_device_name gives ----
+
+@pytest.mark.parametrize("name, label", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA H200", "H200 SXM"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA GH200 480GB", "GH200"),
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB"), ("NVIDIA A100 80GB PCIe", "A100 80GB"),
+    ("NVIDIA A100-SXM4-40GB", "A100 40GB"), ("NVIDIA A100-PCIE-40GB", "A100 40GB"), ("NVIDIA L40S", "L40S"),
+    ("NVIDIA L40", "L40"), ("NVIDIA L4", "L4"), ("NVIDIA A10", "A10"), ("NVIDIA A10G", "A10G"),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA RTX A6000", "RTX A6000"), ("Tesla V100-SXM2-16GB", "V100 (fp16)"),
+])
+def test_gpu_names_match_the_most_specific_row(name, label):
+    assert datasheet_peak(name)[0] == label
+
+
+def test_unknown_gpu_and_cpu_are_measured():
+    assert datasheet_peak("Some Future GPU 9000") is None
+    from modeling.hardware import peak_flops_source
+
+    flops, label = peak_flops_source(torch.device("cpu"), bf16=False)
+    assert flops > 1e8 and label.startswith("measured float32 matmul")
+    assert peak_flops_source(torch.device("cpu"), bf16=False, configured=1e12) == (1e12, "configured (--peak_flops)")
+
+
+# ---- events, projection, disk, data ----
+
+def test_events_follow_the_trainers_rule():
+    # steps 1..10, every 4: 4, 8 and the last (10); every 5: 5, 10 (the last is one); 0: the end only
+    assert pf.count_events(10, 4) == 3 and pf.count_events(10, 5) == 2 and pf.count_events(10, 0) == 1
+    assert pf.count_events(10, 4, start_step=4) == 2  # resumed at 4: 8 and 10
+    config = TrainingConfig(**{**TINY, "max_steps": 10, "eval_steps": 4, "save_steps": 5, "hellaswag_steps": 3,
+                               "eval_on_start": True})
+    assert pf.run_events(config, hellaswag_on=True) == {"evals": 4, "hellaswag": 4, "saves": 2}
+    assert pf.run_events(config, hellaswag_on=False)["hellaswag"] == 0
+
+
+def test_projection_adds_each_part_once_per_event():
+    config = TrainingConfig(**{**TINY, "max_steps": 100})
+    timings = {"startup": 5.0, "warmup_extra": 2.0, "step": 0.5, "eval": 3.0, "hellaswag": 7.0, "save": 1.5,
+               "finish": 1.0}
+    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    out = pf.project(config, timings, {"evals": 3, "hellaswag": 2, "saves": 4}, now=now)
+    assert out["total_seconds"] == 5 + 2 + 50 + 9 + 14 + 6 + 1
+    assert out["finishes_at"].startswith("2026-01-01 12:01")
+
+
+def test_disk_needs_limit_plus_one_checkpoints(tmp_path):
+    report = pf.Report()
+    free = pf.free_space(tmp_path / "not" / "yet")[1]  # a folder that does not exist: its nearest parent's disk
+    pf.check_disk(report, free // 3, saves=10, save_total_limit=2, output_dir=tmp_path / "not" / "yet")
+    assert report.ok  # 3 at once: fits (just)
+    pf.check_disk(report, free // 2, saves=10, save_total_limit=2, output_dir=tmp_path)
+    assert len(report.problems) == 1 and report.problems[0].startswith("disk too small: 3 checkpoint(s)")
+    report = pf.Report()
+    pf.check_disk(report, free // 2, saves=1, save_total_limit=None, output_dir=tmp_path)
+    assert report.ok  # one save in the whole run
+
+
+def test_data_warns_when_repeating_and_refuses_less_than_a_step():
+    report = pf.Report()
+    pf.check_data(report, train_windows=100, seq_len=32, windows_per_step=8, max_steps=25)
+    assert report.ok and report.warnings and "2.00 epochs" in report.warnings[0]
+    report = pf.Report()
+    pf.check_data(report, train_windows=7, seq_len=32, windows_per_step=8, max_steps=1)
+    assert report.problems[0].startswith("data too small: 7 training windows")
+
+
+# ---- the micro-batch search: accelerate's find_executable_batch_size over sizes that divide the step ----
+
+def test_search_finds_the_largest_dividing_size_that_fits(monkeypatch):
+    monkeypatch.setenv(pf.SIMULATED_LIMIT_ENV, "5")
+    tried = []
+
+    def try_batch(size):
+        tried.append(size)
+        pf.check_simulated_memory(size)
+
+    assert pf.dividing_sizes(12) == [12, 6, 4, 3, 2, 1]
+    assert pf.largest_fitting(try_batch, pf.dividing_sizes(12)) == 4
+    assert tried == [12, 6, 4]  # only sizes that divide the step
+    assert not pf.fits(try_batch, 6) and pf.fits(try_batch, 4)
+    monkeypatch.setenv(pf.SIMULATED_LIMIT_ENV, "0")
+    assert pf.largest_fitting(try_batch, [2, 1]) is None
+
+
+def test_search_lets_other_errors_through():
+    def broken(size):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        pf.fits(broken, 2)
+
+
+# ---- fast-path probes ----
+
+def test_sdpa_kernel_names():
+    assert pf.sdpa_kernel(["aten::_scaled_dot_product_flash_attention_for_cpu"], "cpu") == "flash (CPU kernel)"
+    assert pf.sdpa_kernel(["void pytorch_flash::flash_fwd_kernel<...>"], "cuda") == "flash"
+    assert pf.sdpa_kernel(["fmha_cutlassF_f32_aligned_64x64_rf_sm80"], "cuda") == "memory-efficient"
+    assert pf.sdpa_kernel(["aten::_scaled_dot_product_attention_math", "aten::bmm"], "cuda") == "math"
+    assert pf.sdpa_kernel(["aten::mm"], "cpu") is None
+
+
+def test_matmul_dtypes_seen_by_the_profiler():
+    lin = torch.nn.Linear(16, 16)
+    x = torch.randn(4, 16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        lin(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lin(x)
+    counts = pf.matmul_dtypes(prof.events())
+    assert counts.get("BFloat16", 0) >= 1 and counts.get("float", 0) >= 1
+
+
+def test_report_json_is_written_whole(tmp_path):
+    report = pf.Report()
+    report.add("speed", step_time="1 ms")
+    report.problems.append("x")
+    pf.write_json(report, tmp_path / "out" / "p.json")
+    assert json.loads((tmp_path / "out" / "p.json").read_text()) == {"ok": False, "problems": ["x"], "warnings": [],
+                                                                     "speed": {"step_time": "1 ms"}}
+    assert "speed" in report.table() and "1 problem(s)" in report.table()
