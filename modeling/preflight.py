@@ -253,8 +253,8 @@ def matmul_dtypes(events) -> dict[str, int]:
     counts: dict[str, int] = {}
     for e in events:
         if e.name in MATMUL_OPS:
-            dtypes = [d for d in (getattr(e, "input_dtypes", None) or []) if d]
-            key = dtypes[-1].replace("c10::", "") if dtypes else "unknown"
+            dtypes = [d for d in (getattr(e, "input_dtypes", None) or []) if d and d != "Scalar"]
+            key = dtypes[0].replace("c10::", "") if dtypes else "unknown"
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -380,9 +380,9 @@ def memory_headroom(device: torch.device) -> dict:
 
 def scratch_config(config: TrainingConfig, scratch: Path, **changes) -> TrainingConfig:
     """The run's config with its output in ``scratch``: no trackers, no resume of the real output_dir."""
-    return dataclasses.replace(config, output_dir=str(scratch), report_to="none", resume_from_checkpoint=None,
-                               overwrite_output_dir=False, profile_steps=None, memory_snapshot=False,
-                               preflight=False, preflight_json=None, **changes)
+    return dataclasses.replace(config, **{
+        "output_dir": str(scratch), "report_to": "none", "resume_from_checkpoint": None, "overwrite_output_dir": False,
+        "profile_steps": None, "memory_snapshot": False, "preflight": False, "preflight_json": None, **changes})
 
 
 @contextlib.contextmanager

@@ -3,6 +3,11 @@ preset on 1 and 2 CPU processes, each refusal forced, and the projected wall tim
 
 import datetime
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -11,7 +16,7 @@ from modeling import preflight as pf
 from modeling.config import TrainingConfig
 from modeling.hardware import datasheet_peak
 
-from conftest import TINY
+from conftest import ROOT, TINY, cli, launch_cpu, make_data, tmpfs
 
 
 # ---- the peak FLOP/s table: the strings torch.cuda.get_device_name gives ----
@@ -135,3 +140,129 @@ def test_report_json_is_written_whole(tmp_path):
     assert json.loads((tmp_path / "out" / "p.json").read_text()) == {"ok": False, "problems": ["x"], "warnings": [],
                                                                      "speed": {"step_time": "1 ms"}}
     assert "speed" in report.table() and "1 problem(s)" in report.table()
+
+
+# ---- whole preflights: the tiny preset on 1 and 2 CPU processes ----
+
+import modeling.trainer  # noqa: E402
+
+# The preflight builds the run through trainer.TrainingRun (the trainer's refactor into a class).
+needs_training_run = pytest.mark.skipif(not hasattr(modeling.trainer, "TrainingRun"),
+                                        reason="needs modeling.trainer.TrainingRun")
+
+SECTIONS = ("speed", "micro-batch", "memory", "time", "disk", "data", "fast paths", "save and resume")
+
+
+def preflight(tmp_path, data_dir, *overrides, env=None, launch=False, timeout=300):
+    """train_hf.py --preflight (or on 2 processes); returns (CompletedProcess, the JSON report or None)."""
+    report = tmp_path / "preflight.json"
+    args = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "real"), *cli(*overrides), "--preflight",
+            "--preflight_json", str(report)]
+    if launch:
+        done = launch_cpu(["train_hf.py", *args], timeout=timeout)
+    else:
+        done = subprocess.run([sys.executable, "train_hf.py", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **(env or {})})
+    return done, (json.loads(report.read_text()) if report.exists() else None)
+
+
+def problem_lines(done) -> list[str]:
+    return [line for line in done.stderr.splitlines() if "preflight: " in line and "train_hf.py" in line]
+
+
+def assert_every_section(done, report):
+    assert done.returncode == 0, done.stderr[-3000:]
+    for section in SECTIONS:
+        assert f"\n  {section}\n" in done.stdout, (section, done.stdout[-3000:])
+        assert section in report
+    assert report["ok"] and report["problems"] == []
+    assert report["save and resume"]["result"] == "yes"
+    assert "equal" in report["save and resume"]["resumed_step"]
+    assert report["fast paths"]["sdpa"].startswith("yes")
+    assert report["fast paths"]["fused_adamw"].startswith("yes")
+    assert re.search(r"of [\d.,]+ TFLOP/s \(measured float32 matmul on the CPU\)", report["speed"]["mfu"])
+
+
+@pytest.fixture
+def real_output_dir(tmp_path):
+    """The real output_dir, with something in it: the preflight must leave it exactly as it was."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "notes.txt").write_text("mine\n")
+    return real
+
+
+def listing(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+@needs_training_run
+def test_one_process_prints_every_section_and_leaves_output_dir_alone(tmp_path, data_dir, real_output_dir):
+    before = listing(real_output_dir)
+    done, report = preflight(tmp_path, data_dir, "max_steps", 40)
+    assert_every_section(done, report)
+    assert report["fast paths"]["one_all_reduce_per_step"] == "n/a: 1 process"
+    assert report["fast paths"]["bf16_autocast"].startswith("no")  # TINY has bf16 false
+    assert listing(real_output_dir) == before
+
+
+@needs_training_run
+def test_two_processes_print_every_section_with_one_all_reduce_per_step(tmp_path, data_dir, real_output_dir):
+    before = listing(real_output_dir)
+    # 512 tokens = 2 processes x 4 x 32 x 2 accumulation: no_sync on the first micro-batch of each step
+    done, report = preflight(tmp_path, data_dir, "max_steps", 40, "total_batch_size", 512, launch=True)
+    assert_every_section(done, report)
+    assert report["fast paths"]["one_all_reduce_per_step"].startswith("yes: one all-reduce round per step")
+    assert "on micro-batch(es) [2] of 2" in report["fast paths"]["one_all_reduce_per_step"]
+    assert "gradient_all_reduce" in report["speed"]
+    assert listing(real_output_dir) == before
+
+
+# ---- each refusal: its one line, exit non-zero, no traceback ----
+
+@needs_training_run
+def test_a_micro_batch_that_does_not_fit_names_the_one_that_does(tmp_path, data_dir):
+    # total 256 tokens / 32 = 8 sequences per step: sizes 8, 4, 2, 1; with "memory" for 2, 4 does not fit
+    done, report = preflight(tmp_path, data_dir, env={pf.SIMULATED_LIMIT_ENV: "2"})
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert problem_lines(done) == [
+        "train_hf.py: preflight: per_device_train_batch_size 4 does not fit in memory (cpu out of memory at one "
+        "micro-batch of 4 x 32); the largest that fits is 2: use --per_device_train_batch_size 2"]
+    assert report["micro-batch"]["largest_that_fits"] == 2
+
+
+@needs_training_run
+def test_small_disk_small_data_and_a_fast_path_that_is_off_each_refused(tmp_path, bpe_dir):
+    small = make_data(tmp_path / "small", max_tokens=1_400, shard_size=400, val_tokens=200)  # 36 train windows
+    with tmpfs(tmp_path / "disk", "60M") as disk:
+        # 64 windows per step (2048 tokens / 32), 2 checkpoints of ~54 MB at once on 60 MB; compile asked for, and
+        # dynamo disabled: no graph is compiled
+        done, report = preflight(tmp_path, small, "total_batch_size", 2048, "output_dir", disk / "run",
+                                 "save_total_limit", 1, "compile", "true", env={"TORCHDYNAMO_DISABLE": "1"})
+        assert not (disk / "run").exists()
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = problem_lines(done)
+    assert len(lines) == 3, done.stderr[-3000:]
+    assert re.fullmatch(r"train_hf.py: preflight: disk too small: 2 checkpoint\(s\) of \d+ MB need \d+ MB but .*/disk "
+                        r"has \d+ MB free; free space, lower save_total_limit or use another output_dir", lines[0])
+    assert lines[1] == ("train_hf.py: preflight: data too small: 36 training windows of 33 tokens, fewer than one "
+                        "optimizer step takes (64); prepare more data or lower total_batch_size")
+    assert lines[2] == ("train_hf.py: preflight: fast path off: --compile is on but no graph was compiled (is "
+                        "TORCHDYNAMO_DISABLE set?)")
+    assert report["problems"] == [line.split("preflight: ", 1)[1] for line in lines]
+
+
+# ---- the projection against a real run of the same recipe ----
+
+@needs_training_run
+def test_projected_wall_time_is_within_a_quarter_of_a_real_run(tmp_path, data_dir):
+    recipe = ("max_steps", 60, "eval_steps", 20, "save_steps", 30)
+    done, report = preflight(tmp_path, data_dir, *recipe)
+    assert done.returncode == 0, done.stderr[-3000:]
+    projected = report["time"]["total_seconds"]
+    started = time.perf_counter()
+    real = subprocess.run([sys.executable, "train_hf.py", "--data_dir", str(data_dir), "--output_dir",
+                           str(tmp_path / "real"), *cli(*recipe)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - started
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert abs(projected - wall) <= 0.25 * wall, (projected, wall, report["time"])
