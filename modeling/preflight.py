@@ -452,6 +452,11 @@ def _params(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _loss_and_norm(run, step) -> tuple[float, float]:
+    loss = run.accelerator.reduce(step.loss_sum / run.accum, "mean").item()
+    return loss, float(step.grad_norm) if step.grad_norm is not None else math.nan
+
+
 def _same(a: float, b: float, exact: bool) -> bool:
     return a == b if exact else math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
 
@@ -498,6 +503,7 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
 
     acc.backward = counted_backward
     vocab = run.model.config.vocab_size
+    run.prepared.train()  # as train() does before its first step
 
     def try_batch(batch_size: int) -> None:
         check_simulated_memory(batch_size)
@@ -538,18 +544,22 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
     phases.wrap(run.optimizer, "step", "optimizer")
     phases.wrap(run.optimizer, "zero_grad", "optimizer")
     phases.wrap(acc, "clip_grad_norm_", "clip")
-    steps, waited = [], 0.0
+    steps, waited, peaks = [], 0.0, []
     try:
         for _ in range(config.preflight_steps):
             started = time.perf_counter()
-            run.train_step()
-            steps.append(time.perf_counter() - started)
+            result = run.train_step()
             waited += run.batches.waited
+            if run.state.step % config.logging_steps == 0:  # as the loop does: the record and its writes
+                record = run.log(run.step_record(result))  # (resets the peak memory: kept from each record)
+                peaks.append({k: v for k, v in record.items() if k.startswith("mem_")})
+            steps.append(time.perf_counter() - started)
             if counter is not None:
                 counter.end_step()
     finally:
         phases.restore()
-    memory = peak_memory_since_last(device)
+    peaks.append(peak_memory_since_last(device))
+    memory = {k: max(p[k] for p in peaks if k in p) for k in peaks[-1] if isinstance(peaks[-1][k], float)}
     step = sum(steps) / len(steps)
 
     # ---- one profiled step: which kernels and dtypes actually ran ----
@@ -608,22 +618,23 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
     size = [folder_bytes(saved) if acc.is_main_process else 0]
     if world > 1:
         broadcast_object_list(size)
-    straight = run.train_step()
+    straight = _loss_and_norm(run, run.train_step())
     straight_params = _params(run.model)
     resumed_run = TrainingRun(scratch_config(config, scratch / "resumed", resume_from_checkpoint=str(saved)))
-    resumed = resumed_run.train_step()
-    exact = device.type != "cuda"
+    resumed_run.prepared.train()
+    resumed = _loss_and_norm(resumed_run, resumed_run.train_step())
+    exact = device.type != "cuda"  # CPU kernels are deterministic; CUDA's atomics may differ in the last bits
     same_weights = all(torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-4, atol=1e-6)
                        for a, b in zip(straight_params, resumed_run.model.parameters(), strict=True))
-    same = (same_weights and _same(float(straight.loss), float(resumed.loss), exact)
-            and _same(float(straight.grad_norm), float(resumed.grad_norm), exact))
+    same = same_weights and all(_same(a, b, exact) for a, b in zip(straight, resumed))
     report.add("save and resume", checkpoint=f"{saved.name} in a temporary folder, {size[0] / 2**20:,.0f} MB",
-               resumed_step=f"step {run.state.step}: loss {float(straight.loss):.6f} straight, "
-                            f"{float(resumed.loss):.6f} resumed; weights {'equal' if same_weights else 'DIFFER'}",
+               resumed_step=f"step {run.state.step}: loss {straight[0]:.6f} / grad norm {straight[1]:.6f} straight, "
+                            f"{resumed[0]:.6f} / {resumed[1]:.6f} resumed; weights "
+                            f"{'equal' if same_weights else 'DIFFER'}",
                result="yes" if same else "NO")
     if not same:
         report.problems.append(f"save -> resume round trip: the step after resuming {saved.name} differs from the "
-                               f"step taken without it (loss {float(straight.loss)!r} vs {float(resumed.loss)!r})")
+                               f"step taken without it (loss, grad norm {straight} vs {resumed})")
     if acc.is_main_process:
         from modeling.report import finish_run
 

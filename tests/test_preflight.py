@@ -16,7 +16,7 @@ from modeling import preflight as pf
 from modeling.config import TrainingConfig
 from modeling.hardware import datasheet_peak
 
-from conftest import ROOT, TINY, cli, launch_cpu, make_data, tmpfs
+from conftest import HELLASWAG_FILE, ROOT, TINY, cli, launch_cpu, make_data, tmpfs
 
 
 # ---- the peak FLOP/s table: the strings torch.cuda.get_device_name gives ----
@@ -153,15 +153,30 @@ needs_training_run = pytest.mark.skipif(not hasattr(modeling.trainer, "TrainingR
 SECTIONS = ("speed", "micro-batch", "memory", "time", "disk", "data", "fast paths", "save and resume")
 
 
-def preflight(tmp_path, data_dir, *overrides, env=None, launch=False, timeout=300):
-    """train_hf.py --preflight (or on 2 processes); returns (CompletedProcess, the JSON report or None)."""
+# train_hf.py with only torch, transformers, accelerate, tiktoken, safetensors and numpy (and what they pull in):
+# datasets, lm-eval, evaluate and matplotlib cannot be imported, as on a bare GPU box.
+MINIMAL = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("datasets", "lm_eval", "evaluate", "matplotlib"):
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+runpy.run_path("train_hf.py", run_name="__main__")
+"""
+
+
+def preflight(tmp_path, data_dir, *overrides, env=None, launch=False, minimal=False, timeout=300):
+    """train_hf.py --preflight (or on 2 processes, or with only the minimal packages); returns (CompletedProcess,
+    the JSON report or None)."""
     report = tmp_path / "preflight.json"
     args = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "real"), *cli(*overrides), "--preflight",
             "--preflight_json", str(report)]
     if launch:
         done = launch_cpu(["train_hf.py", *args], timeout=timeout)
     else:
-        done = subprocess.run([sys.executable, "train_hf.py", *args], cwd=ROOT, capture_output=True, text=True,
+        done = subprocess.run([sys.executable, *(["-c", MINIMAL] if minimal else []), "train_hf.py", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, **(env or {})})
     return done, (json.loads(report.read_text()) if report.exists() else None)
 
@@ -199,8 +214,11 @@ def listing(path):
 @needs_training_run
 def test_one_process_prints_every_section_and_leaves_output_dir_alone(tmp_path, data_dir, real_output_dir):
     before = listing(real_output_dir)
-    done, report = preflight(tmp_path, data_dir, "max_steps", 40)
+    done, report = preflight(tmp_path, data_dir, "max_steps", 40, "hellaswag_steps", 20, "hellaswag_limit", 8,
+                             "hellaswag_data", HELLASWAG_FILE, minimal=True)
     assert_every_section(done, report)
+    assert report["time"]["counts"] == {"evals": 14, "hellaswag": 2, "saves": 14}
+    assert "hellaswag" in report["time"]["each"]
     assert report["fast paths"]["one_all_reduce_per_step"] == "n/a: 1 process"
     assert report["fast paths"]["bf16_autocast"].startswith("no")  # TINY has bf16 false
     assert listing(real_output_dir) == before
