@@ -284,3 +284,17 @@ def test_projected_wall_time_is_within_a_quarter_of_a_real_run(tmp_path, data_di
     wall = time.perf_counter() - started
     assert real.returncode == 0, real.stderr[-3000:]
     assert abs(projected - wall) <= 0.25 * wall, (projected, wall, report["time"])
+
+
+# ---- every real run: the fast paths in one line at its start ----
+
+@needs_training_run
+def test_a_real_run_prints_the_fast_path_line_at_its_start(tmp_path, data_dir, capsys):
+    from conftest import run
+
+    records = run(tmp_path / "run", data_dir, max_steps=2, save_steps=2)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("fast paths: ")]
+    assert lines == ["fast paths: attention sdpa_causal_training | fused AdamW yes | bf16 autocast no | compile no | "
+                     "gradient all-reduce 1 process (--preflight shows what actually ran)"], out[-2000:]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]  # no extra steps
