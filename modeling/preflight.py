@@ -191,6 +191,8 @@ def largest_fitting(try_batch: Callable[[int], None], sizes: list[int]) -> int |
     from accelerate.utils import find_executable_batch_size
 
     remaining = list(sizes)
+    if not remaining:
+        return None
 
     def next_size() -> int:
         remaining.pop(0)

@@ -101,6 +101,7 @@ def test_search_finds_the_largest_dividing_size_that_fits(monkeypatch):
     assert not pf.fits(try_batch, 6) and pf.fits(try_batch, 4)
     monkeypatch.setenv(pf.SIMULATED_LIMIT_ENV, "0")
     assert pf.largest_fitting(try_batch, [2, 1]) is None
+    assert pf.largest_fitting(try_batch, []) is None  # a configured micro-batch of 1 that does not fit
 
 
 def test_search_lets_other_errors_through():
