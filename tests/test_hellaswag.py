@@ -460,7 +460,7 @@ def test_task_data_location_is_metadata_then_environment_then_hub(tmp_path, monk
 @needs_fineweb
 @needs_hellaswag
 def test_lm_eval_cli_runs_our_task_from_another_directory(checkpoint, ours, tmp_path):
-    """The README's plain `lm_eval ... --tasks hellaswag_local --include_path ...`, run from an unrelated directory
+    """docs/evaluation.md's plain `lm_eval ... --tasks hellaswag_local --include_path ...`, run from an unrelated directory
     with the data given by $HELLASWAG_DATA, scores the same examples as our scorer, with the same log-likelihoods."""
     cwd = tmp_path / "somewhere_else"
     cwd.mkdir()
