@@ -254,10 +254,12 @@ def test_a_micro_batch_that_does_not_fit_names_the_one_that_does(tmp_path, data_
 def test_small_disk_small_data_and_a_fast_path_that_is_off_each_refused(tmp_path, bpe_dir):
     small = make_data(tmp_path / "small", max_tokens=1_400, shard_size=400, val_tokens=200)  # 36 train windows
     with tmpfs(tmp_path / "disk", "60M") as disk:
-        # 64 windows per step (2048 tokens / 32), 2 checkpoints of ~54 MB at once on 60 MB; compile asked for, and
+        # 64 windows per step (2048 tokens / 32: 16 x 4 accumulation), 2 checkpoints of ~54 MB at once on 60 MB; compile asked for, and
         # dynamo disabled: no graph is compiled
-        done, report = preflight(tmp_path, small, "total_batch_size", 2048, "output_dir", disk / "run",
-                                 "save_total_limit", 1, "compile", "true", env={"TORCHDYNAMO_DISABLE": "1"})
+        done, report = preflight(tmp_path, small, "total_batch_size", 2048, "per_device_train_batch_size", 16,
+                                 "output_dir", disk / "run", "save_total_limit", 1, "compile", "true",
+                                 "preflight_steps", 2, "preflight_warmup_steps", 1, env={"TORCHDYNAMO_DISABLE": "1"},
+                                 timeout=600)
         assert not (disk / "run").exists()
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     lines = problem_lines(done)
