@@ -301,3 +301,18 @@ def test_a_real_run_prints_the_fast_path_line_at_its_start(tmp_path, data_dir, c
     assert lines == ["fast paths: attention sdpa_causal_training | fused AdamW yes | bf16 autocast no | compile no | "
                      "gradient all-reduce 1 process (--preflight shows what actually ran)"], out[-2000:]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]  # no extra steps
+
+
+def test_all_reduce_counter_flags_a_reduce_on_every_micro_batch():
+    class FakeDDP:
+        def register_comm_hook(self, state, hook):
+            self.hook = hook
+
+    counter = pf.AllReduceCounter(FakeDDP())
+    counter.calls = [(1, 0), (1, 1)]  # accumulation 2: both buckets on the second micro-batch only
+    counter.end_step()
+    assert counter.verdict(2)[0]
+    counter.calls = [(0, 0), (0, 1), (1, 0), (1, 1)]  # no no_sync: every micro-batch all-reduces
+    counter.end_step()
+    ok, seen = counter.verdict(2)
+    assert not ok and seen.startswith("NOT one all-reduce round per step") and "[1, 2] of 2" in seen
