@@ -3,6 +3,7 @@
     python train_hf.py configs/train/cpu-demo.yaml [--field value ...]
     accelerate launch train_hf.py configs/train/gpt2-124m-fineweb-edu-10b.yaml
     accelerate launch --config_file configs/accelerate/cpu-ddp.yaml train_hf.py configs/train/cpu-demo.yaml
+    python train_hf.py configs/train/cpu-demo.yaml --preflight    # speed, memory, time, disk, fast paths; no training
 
 Any field of modeling/config.py's TrainingConfig can be set in the YAML recipe or overridden on the command line.
 """
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> None:
         from modeling.trainer import train  # after parsing, so --help is quick
 
         try:
+            if config.preflight:  # measure the run instead of training it (modeling/preflight.py)
+                from modeling.preflight import main as preflight
+
+                sys.exit(preflight(config, who))
             train(config)
         except TrainingStopped as e:
             print(f"{who}: {e}", file=sys.stderr, flush=True)

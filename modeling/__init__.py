@@ -12,7 +12,7 @@ need: ``training_accelerator``, ``end_training``), ``hardware`` (peak FLOP/s for
 ``checkpoint`` (complete checkpoints, rotation, the resume policy: ``TrainState``, ``restore``,
 ``check_same_run``, ``checkpoint_step``), ``faults`` (signals, non-finite steps, failed processes), ``run_lock``
 (one run per ``output_dir``), ``run_record`` (what produced a run), ``progress`` (bars or status lines),
-``profiling`` (``--profile_steps``), ``memory`` (peak memory per log), ``files`` (reading JSON/JSONL so a damaged
+``profiling`` (``--profile_steps``), ``memory`` (peak memory per log), ``preflight`` (``--preflight``: a run measured before it is started), ``files`` (reading JSON/JSONL so a damaged
 file ends in one line). Evaluation: ``val_loss`` (the val windows, for any model), ``hellaswag_data`` (examples,
 conventions) -> ``hellaswag`` (the fast scorer) and ``harness`` (lm-evaluation-harness on ``lm_eval_tasks/``).
 Results and interop: ``report`` (plots, run facts, ``run_info.json``), ``card`` (the model card), ``hub`` (the

@@ -133,6 +133,13 @@ class TrainingConfig:
     memory_snapshot: bool = field(default=False, metadata={
         "help": "CUDA: also record the allocator's history over --profile_steps (and dump it on an out-of-memory "
                 "error) for pytorch.org/memory_viz."})
+    preflight: bool = field(default=False, metadata={
+        "help": "Do not train: build the run (scratch output in a temporary folder), take a few warm-up and timed "
+                "steps, and report speed, memory, micro-batch, projected wall time, disk, data and the fast paths "
+                "that ran; exit non-zero with one line per problem."})
+    preflight_json: Optional[str] = field(default=None, metadata={"help": "--preflight: also write the report as JSON here."})
+    preflight_steps: int = field(default=5, metadata={"help": "--preflight: timed optimizer steps."})
+    preflight_warmup_steps: int = field(default=2, metadata={"help": "--preflight: untimed steps first (compile)."})
 
     # Fields a resumed run must share with its checkpoint: they fix the model, the data order and the schedule.
     RUN_DEFINING = ("data_dir", "model_config", "seq_len", "pad_vocab_to_multiple_of", "shuffle", "total_batch_size",
@@ -143,11 +150,11 @@ class TrainingConfig:
 
     def __post_init__(self):
         positive = ("seq_len", "per_device_train_batch_size", "max_steps", "eval_batches", "logging_steps", "save_steps",
-                    "pad_vocab_to_multiple_of", "loss_chunk_tokens")
+                    "pad_vocab_to_multiple_of", "loss_chunk_tokens", "preflight_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("skip_nonfinite_steps", "max_grad_norm"):
+        for name in ("skip_nonfinite_steps", "max_grad_norm", "preflight_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.total_batch_size is None and self.gradient_accumulation_steps is None:

@@ -28,6 +28,7 @@ from modeling.lm_loss import CausalLMForTraining
 from modeling.memory import peak_memory_since_last
 from modeling.model import build_training_model, flops_per_token, load_model_config, num_params, sample_texts
 from modeling.optimizer import build_optimizer
+from modeling.preflight import fast_path_summary
 from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import show_record
@@ -162,6 +163,7 @@ class TrainingRun:
     def train(self) -> dict:
         """Train to max_steps (or a stop signal); returns the last logged metrics."""
         config, state = self.config, self.state
+        self.accelerator.print(fast_path_summary(self))  # as configured; --preflight shows what actually ran
         # A bar on a terminal; in a log a status line every $GPT2_PROGRESS_INTERVAL s (modeling/progress.py).
         self.bar = progress_bar(total=config.max_steps, initial=state.step, enabled=self.accelerator.is_main_process,
                                 dynamic_ncols=True, desc="training", unit="steps")
