@@ -71,7 +71,6 @@ class TrainingRun:
         self._restore()
         self._start_records()
 
-    # ---------------------------------------------------------------------------------------------------- building
 
     def _build_accelerator(self) -> None:
         self.accelerator = training_accelerator(self.config)  # checks the launch and the backend, seeds
@@ -158,7 +157,6 @@ class TrainingRun:
                           f"{config.per_device_train_batch_size} x {config.seq_len} tokens x {self.accum} accumulation "
                           f"= {self.tokens_per_step:,} tokens/step | {len(self.train_data):,} train windows")
 
-    # ---------------------------------------------------------------------------------------------------- the loop
 
     def train(self) -> dict:
         """Train to max_steps (or a stop signal); returns the last logged metrics."""
