@@ -71,7 +71,6 @@ class TrainingRun:
         self._restore()
         self._start_records()
 
-
     def _build_accelerator(self) -> None:
         self.accelerator = training_accelerator(self.config)  # checks the launch and the backend, seeds
         self.world, self.device = self.accelerator.num_processes, self.accelerator.device
@@ -156,7 +155,6 @@ class TrainingRun:
         accelerator.print(f"{n_params / 1e6:.1f}M parameters | {self.world} process(es) x "
                           f"{config.per_device_train_batch_size} x {config.seq_len} tokens x {self.accum} accumulation "
                           f"= {self.tokens_per_step:,} tokens/step | {len(self.train_data):,} train windows")
-
 
     def train(self) -> dict:
         """Train to max_steps (or a stop signal); returns the last logged metrics."""
