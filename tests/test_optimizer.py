@@ -15,7 +15,7 @@ from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig
 from modeling.lm_loss import CausalLMForTraining
 from modeling.model import build_model, load_model_config
-from modeling.optimizer import (MuonWithAdamW, build_optimizer, check_backend, muon_effective_lr_scale,
+from modeling.optimizer import (MuonWithAdamW, SplitMuon, build_optimizer, check_backend, muon_effective_lr_scale,
                                 parameter_groups)
 from modeling.schedule import build_scheduler
 
@@ -93,6 +93,57 @@ def test_one_muon_step_is_torchs_muon_on_the_transposed_matrix():
     optimizer.step()
     ref_opt.step()
     torch.testing.assert_close(weight.detach().t(), reference.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _step_twice(model, optimizer, grads):
+    for grad in grads:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        model.transformer.h[0].attn.c_attn.weight.grad = grad.clone()
+        optimizer.step()
+
+
+def test_muon_split_qkv_orthogonalises_q_k_v_as_three_matrices():
+    # c_attn stored (C, 3C) = Q | K | V columns: with muon_split_qkv each block gets torch's Muon as its own (C, C)
+    # matrix (LR scale 1, square: either orientation); fused, the (3C, C) Linear-orientation matrix gets sqrt(3).
+    torch.manual_seed(0)
+    model = _model()
+    weight = model.transformer.h[0].attn.c_attn.weight  # (64, 192)
+    assert muon_effective_lr_scale(weight, "original") == pytest.approx(math.sqrt(3))
+    assert muon_effective_lr_scale(weight, "original", split=3) == pytest.approx(1.0)
+    config = TrainingConfig(optimizer="muon", muon_split_qkv=True, muon_weight_decay=0.1)
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
+    assert isinstance(optimizer.muon, SplitMuon)
+    blocks = [b.detach().clone().requires_grad_() for b in weight.chunk(3, dim=1)]
+    references = [torch.optim.Muon([b], lr=config.muon_learning_rate, weight_decay=0.1, momentum=config.muon_momentum,
+                                   adjust_lr_fn="original") for b in blocks]
+    grads = [torch.randn_like(weight) for _ in range(2)]
+    for grad in grads:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        weight.grad = grad.clone()
+        for b, g, ref in zip(blocks, grad.chunk(3, dim=1), references):
+            b.grad = g.clone()
+            ref.step()
+        optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.cat([b.detach() for b in blocks], dim=1), rtol=1e-5,
+                               atol=1e-6)
+    # The momentum buffer keeps the full shape: checkpoints have one layout with or without the split.
+    assert optimizer.muon.state[weight]["momentum_buffer"].shape == weight.shape
+
+
+def test_split_muon_without_a_split_is_torchs_muon():
+    # SplitMuon re-implements torch's step for the split groups; the others must stay torch's arithmetic exactly.
+    torch.manual_seed(0)
+    grads = [torch.randn(64, 192) for _ in range(2)]
+    weights = []
+    for optimizer_class in (SplitMuon, torch.optim.Muon):
+        torch.manual_seed(1)
+        model = _model()
+        params = [p for n, p in model.named_parameters() if n.endswith("attn.c_attn.weight")]
+        _step_twice(model, optimizer_class(params, lr=0.02, weight_decay=0.1, adjust_lr_fn="original"), grads)
+        weights.append(model.transformer.h[0].attn.c_attn.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
 
 
 def test_muon_is_refused_under_fsdp_and_deepspeed_in_one_line():
