@@ -1,7 +1,7 @@
 """Benchmark: Muon + AdamW against AdamW at equal tokens, identical batches, several seeds (issue 18, section 3).
 
     python bench/optimizer.py --quick          # minutes: the same table on a tiny horizon
-    python bench/optimizer.py                  # about an hour on one CPU core (the figures in bench/README.md)
+    python bench/optimizer.py                  # about an hour on one idle CPU core (estimated: see bench/README.md)
     python bench/optimizer.py --ablations      # Muon variants at the tuned LR: Conv1D orientation, QKV one vs three
 
 Every arm is the trainer itself (modeling.trainer.train on FineWeb-Edu shards made by modeling.prepare from the
@@ -41,8 +41,9 @@ REFERENCE_WARMUP_SHARE = 715 / 19073  # the 124M recipe's warmup as a share of i
 MODES = {  # model (layers, width, heads), seq_len, micro-batch, steps, evaluations
     "quick": dict(layers=2, width=128, heads=2, seq=64, batch=8, steps=60, evals=3, eval_batches=8,
                   adamw_lrs="1e-3,3e-3", muon_lrs="0.01,0.03", seeds=2),
-    "default": dict(layers=6, width=192, heads=6, seq=128, batch=16, steps=600, evals=6, eval_batches=16,
-                    adamw_lrs="1e-3,2e-3,4e-3", muon_lrs="0.01,0.02,0.04", seeds=2),
+    # ~0.45 s a step on an idle core (22 GFLOP at ~50 GFLOP/s): 12 runs x 600 steps, about an hour
+    "default": dict(layers=4, width=128, heads=2, seq=64, batch=8, steps=600, evals=6, eval_batches=8,
+                    adamw_lrs="1.5e-3,3e-3,6e-3", muon_lrs="0.015,0.03,0.06", seeds=2),
 }
 
 
@@ -132,6 +133,7 @@ def main() -> None:
                             f"{MODES['quick'][key]})")
     parser.add_argument("--adamw_lr", type=float, default=None, help="skip the AdamW sweep: use this peak LR")
     parser.add_argument("--muon_lr", type=float, default=None, help="skip the Muon sweep: use this muon_learning_rate")
+    parser.add_argument("--ablation_arms", default="c,o1,o2,q", help="with --ablations: which of c, o1, o2, o3, q")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32: the same on every CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's curve here")
     args = parser.parse_args()
@@ -180,12 +182,13 @@ def main() -> None:
                         ("(o3)", "muon match_rms_adamw (lr 0.2x adamw-like)", {"muon_adjust_lr": "match_rms_adamw",
                                                                                "muon_learning_rate": adamw_lr * 2}),
                         ("(q)", "muon QKV as three", {"muon_split_qkv": True})]
+            variants = [v for v in variants if v[0].strip("()") in args.ablation_arms.split(",")]
             for seed in seeds:
                 for key, label, extra in variants:
                     over = {**muon, **extra}
                     if over.pop("_stored_orientation", False):
                         import modeling.optimizer as opt
-                        saved, opt.muon_lr_factor = opt.muon_lr_factor, lambda p, adjust: 1.0
+                        saved, opt.muon_lr_factor = opt.muon_lr_factor, lambda *_: 1.0
                         try:
                             arm(key, label, over, seed)
                         finally:
