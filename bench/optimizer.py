@@ -116,7 +116,8 @@ def table(arms: dict[str, list[dict]], baseline: str) -> str:
             ratios = []
             for seed_index, run in enumerate(runs):
                 reached = tokens_to_reach(run["curve"], targets[key][seed_index])
-                ratios.append("not reached" if reached is None else f"{reached / total:.2f}x")
+                first = reached is not None and reached == run["curve"][0][0]  # at the first eval: at most that
+                ratios.append("not reached" if reached is None else f"{'<=' if first else ''}{reached / total:.2f}x")
             cells.append(" / ".join(ratios))
         cells.append(f"{statistics.fmean(r['step_seconds'] for r in runs) / base_step:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
@@ -179,8 +180,8 @@ def main() -> None:
             variants = [("(c)", "muon original, Linear orientation (ours)", {}),
                         ("(o1)", "muon original, stored orientation (torch as is)", {"_stored_orientation": True}),
                         ("(o2)", "muon adjust none", {"muon_adjust_lr": "none"}),
-                        ("(o3)", "muon match_rms_adamw (lr 0.2x adamw-like)", {"muon_adjust_lr": "match_rms_adamw",
-                                                                               "muon_learning_rate": adamw_lr * 2}),
+                        ("(o3)", "muon match_rms_adamw at the AdamW LR", {"muon_adjust_lr": "match_rms_adamw",
+                                                                           "muon_learning_rate": adamw_lr}),
                         ("(q)", "muon QKV as three", {"muon_split_qkv": True})]
             variants = [v for v in variants if v[0].strip("()") in args.ablation_arms.split(",")]
             for seed in seeds:
