@@ -9,6 +9,8 @@ Rows (same shapes, same AdamW, fp32 master weights), each in fp32 and bf16 autoc
   (d) chunked    (b) with the trainer's training module (modeling.lm_loss.CausalLMForTraining): causal SDPA with no
                  mask, LM head + cross-entropy in chunks of 2048 tokens inside the (compiled) module; (d)/(b) is the
                  speed of issue 11's chunked loss against the stock full-logits loss (target >= 0.97)
+  (m) muon       (b) with optimizer: muon (torch.optim.Muon + Newton-Schulz on the block matrices, AdamW on the
+                 rest); (m)/(b) is Newton-Schulz's step-time cost (issue 18)
   (c) reference  a minimal hand-written GPT-2 (fused qkv Linear, SDPA, tanh-GELU MLP, tied head, no dropout,
                  F.cross_entropy on the logits), the classic single-file model, as the speed reference
 Variants alternate within each round so machine drift hits all alike; the best step time of all rounds is kept.
@@ -96,7 +98,7 @@ def bare_loop(kind: str, args, bf16: bool, compile: bool) -> list[float]:
     """Step times of (b) or (c): forward, backward, clip, AdamW on random tokens."""
     torch.manual_seed(0)
     config = load_model_config(args.preset)
-    if kind == "bare HF":
+    if kind in ("bare HF", "muon"):
         model, loss_fn = build_model(config, pad_vocab_to_multiple_of=64), causal_lm_loss
     elif kind == "chunked":
         model = CausalLMForTraining(build_model(config, pad_vocab_to_multiple_of=64))
@@ -105,7 +107,8 @@ def bare_loop(kind: str, args, bf16: bool, compile: bool) -> list[float]:
         model = ReferenceGPT(50304, config.n_positions, config.n_embd, config.n_layer, config.n_head)
         loss_fn = reference_loss
     model.train()
-    optimizer = build_optimizer(model, TrainingConfig(), torch.device("cpu"))  # the same AdamW as (a)
+    # the same AdamW as (a); (m): Muon on the block matrices
+    optimizer = build_optimizer(model, TrainingConfig(optimizer="muon" if kind == "muon" else "adamw"), torch.device("cpu"))
     step_model = torch.compile(model) if compile else model
     tokens = torch.randint(0, 50257, (args.batch, args.seq + 1))
     times = []
@@ -162,13 +165,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="fp32,bf16,fp32+compile,bf16+compile")
-    parser.add_argument("--rows", default="a,b,d,c", help="which rows: a (ours), b (bare HF), d (chunked), c (reference)")
+    parser.add_argument("--rows", default="a,b,m,d,c",
+                        help="which rows: a (ours), b (bare HF), m (muon), d (chunked), c (reference)")
     args = parser.parse_args()
 
     from modeling.prepare import PrepareArguments, prepare_shards
 
     variants = args.variants.split(",")
-    rows = tuple(r for r in ("(a) ours", "(b) bare HF", "(d) chunked", "(c) reference") if r[1] in args.rows.split(","))
+    rows = tuple(r for r in ("(a) ours", "(b) bare HF", "(m) muon", "(d) chunked", "(c) reference")
+                 if r[1] in args.rows.split(","))
     best: dict[tuple[str, str], float] = {}
     ceilings = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,7 +216,7 @@ def main() -> None:
             achieved = rate * flops / 1e9
             dtype = "bf16" if variant.startswith("bf16") else "fp32"
             print(f"{variant:<13} {row:<14} {rate:>8.0f} {rate / ref_rate:>6.2f}x "
-                  f"{(f'{vs_bare:.2f}x' if row in ('(a) ours', '(d) chunked') else ''):>7} {achieved:>8.0f} "
+                  f"{(f'{vs_bare:.2f}x' if row in ('(a) ours', '(d) chunked', '(m) muon') else ''):>7} {achieved:>8.0f} "
                   f"{achieved / ceiling[dtype]:>9.0%}")
 
 

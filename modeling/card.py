@@ -128,6 +128,28 @@ def _architecture(mc: dict, n_params: int | None) -> list[str]:
         ("dropout", dropout), ("tied embeddings", "yes" if mc.get("tie_word_embeddings", True) else "no")])
 
 
+def _optimizer_text(c: dict) -> str:
+    adamw = (f"AdamW (beta1 {c['adam_beta1']}, beta2 {c['adam_beta2']}, eps {c['adam_epsilon']:g}), "
+             f"weight decay {c['weight_decay']} on 2-D weights only")
+    if c.get("optimizer", "adamw") == "muon":  # run_config.json from before optimizer: muon has no such field
+        split = ", QKV as three matrices" if c.get("muon_split_qkv") else ""
+        return (f"Muon (torch.optim.Muon) on the transformer blocks' matrices: lr {c['muon_learning_rate']:g}, momentum "
+                f"{c['muon_momentum']}, weight decay {c['muon_weight_decay']}, LR scale {c['muon_adjust_lr']}{split}; "
+                f"{adamw} at lr {c['learning_rate']:g} on embeddings, LayerNorms and biases; gradient clipping at "
+                f"{c['max_grad_norm']}")
+    return f"{adamw}, gradient clipping at {c['max_grad_norm']}"
+
+
+def _schedule_text(c: dict) -> str:
+    end = c.get("lr_decay_steps") or c["max_steps"]
+    warmup = f"linear warmup over {c['warmup_steps']:,} steps to {c['learning_rate']:g}"
+    if c.get("lr_scheduler_type", "cosine") == "wsd":
+        start = end - round(c["decay_fraction"] * end)
+        return (f"warmup-stable-decay: {warmup}, constant, then {c['wsd_decay_shape']} decay to {c['min_lr']:g} from "
+                f"step {max(start, c['warmup_steps']):,} to step {end:,}")
+    return f"{warmup}, cosine decay to {c['min_lr']:g} at step {end:,}"
+
+
 def _training(facts: RunFacts) -> list[str]:
     """The recipe as run: batch, optimizer, schedule, precision; hardware and wall time from run_info.json."""
     if not facts.is_training_run:
@@ -143,10 +165,8 @@ def _training(facts: RunFacts) -> list[str]:
             ("batch", f"{tps:,} tokens per optimizer step = {c['per_device_train_batch_size']} sequences x "
                       f"{c['seq_len']} tokens x {rc['gradient_accumulation_steps']} accumulation x "
                       f"{rc['num_processes']} process(es)"),
-            ("optimizer", f"AdamW (beta1 {c['adam_beta1']}, beta2 {c['adam_beta2']}, eps {c['adam_epsilon']:g}), "
-                          f"weight decay {c['weight_decay']} on 2-D weights only, gradient clipping at {c['max_grad_norm']}"),
-            ("schedule", f"linear warmup over {c['warmup_steps']:,} steps to {c['learning_rate']:g}, cosine decay to "
-                         f"{c['min_lr']:g} at step {c['max_steps']:,}"),
+            ("optimizer", _optimizer_text(c)),
+            ("schedule", _schedule_text(c)),
             ("precision", (bf16 if c.get("bf16") else "fp32")
                           + (", `torch.compile`" if c.get("compile") else "")),
             ("vocabulary while training", f"padded to a multiple of {c['pad_vocab_to_multiple_of']} (saved trimmed)"

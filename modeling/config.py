@@ -91,6 +91,9 @@ class TrainingConfig:
                                                                       "like learning_rate)."})
     muon_momentum: float = 0.95
     muon_weight_decay: float = field(default=0.0, metadata={"help": "muon: decoupled weight decay of the block matrices."})
+    muon_split_qkv: bool = field(default=False, metadata={
+        "help": "muon: orthogonalise the fused attention c_attn matrix as three (Q, K, V), each with its own LR "
+                "scale, instead of as one (C, 3C) matrix."})
     muon_adjust_lr: str = field(default="original", metadata={
         "help": "muon: per-matrix LR scale: original (sqrt(max(1, out/in)) of the nn.Linear-orientation shape), "
                 "match_rms_adamw (0.2 sqrt(max(out, in))) or none."})
@@ -145,8 +148,8 @@ class TrainingConfig:
     RUN_DEFINING = ("data_dir", "model_config", "seq_len", "pad_vocab_to_multiple_of", "shuffle", "total_batch_size",
                     "max_steps", "learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "adam_beta1",
                     "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "optimizer", "muon_learning_rate",
-                    "muon_momentum", "muon_weight_decay", "muon_adjust_lr", "lr_scheduler_type", "decay_fraction",
-                    "wsd_decay_shape")
+                    "muon_momentum", "muon_weight_decay", "muon_adjust_lr", "muon_split_qkv", "lr_scheduler_type",
+                    "decay_fraction", "wsd_decay_shape")
 
     def __post_init__(self):
         positive = ("seq_len", "per_device_train_batch_size", "max_steps", "eval_batches", "logging_steps", "save_steps",

@@ -16,6 +16,10 @@ decays by the group's LR before its scale, so the group's weight decay is divide
 exactly torch's "original" applied to the transposed matrix (``muon_adjust_lr: none``: no scale at all).
 Newton-Schulz itself is orientation-free (orthogonalising W^T gives the transpose of orthogonalising W).
 "match_rms_adamw" (0.2 sqrt(max(A, B))) is symmetric and is passed to torch as is.
+
+``muon_split_qkv``: the fused ``c_attn`` weight (stored (C, 3C): Q | K | V are column blocks) is orthogonalised as
+three (C, C) matrices, each scaled by its own shape (as modded-nanogpt does), instead of as one; the momentum buffer
+keeps the full shape, so checkpoints have the same layout either way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections import defaultdict
 
 import torch
 from accelerate.utils import DistributedType
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
 
 from modeling.config import ConfigError, TrainingConfig
 
@@ -45,21 +50,57 @@ def _original(shape: tuple[int, int]) -> float:
     return math.sqrt(max(1.0, shape[0] / shape[1]))  # torch.optim.Muon's "original", on a (rows, cols) shape
 
 
-def muon_lr_factor(param: torch.Tensor, adjust: str) -> float:
+def _shape(param: torch.Tensor, split: int) -> tuple[int, int]:
+    return (param.shape[0], param.shape[1] // split)  # the shape Newton-Schulz and torch's LR scale see
+
+
+def muon_lr_factor(param: torch.Tensor, adjust: str, split: int = 1) -> float:
     """The factor in a block matrix's group LR so that torch's "original" on the stored (in, out) shape gives the
-    intended scale: "original" on the Linear-orientation (out, in) shape, or 1 for "none"."""
+    intended scale: "original" on the Linear-orientation (out, in) shape, or 1 for "none". ``split``: the matrix is
+    orthogonalised as that many column blocks (QKV as three)."""
     if adjust == "match_rms_adamw":
         return 1.0  # symmetric in the shape: torch applies it unchanged
-    stored = tuple(param.shape)
+    stored = _shape(param, split)
     intended = _original(stored[::-1]) if adjust == "original" else 1.0
     return intended / _original(stored)
 
 
-def muon_effective_lr_scale(param: torch.Tensor, adjust: str) -> float:
+def muon_effective_lr_scale(param: torch.Tensor, adjust: str, split: int = 1) -> float:
     """The LR multiplier a block matrix gets in the end (the factor times torch's own scale); for tests and docs."""
     if adjust == "match_rms_adamw":
-        return 0.2 * math.sqrt(max(param.shape))
-    return muon_lr_factor(param, adjust) * _original(tuple(param.shape))
+        return 0.2 * math.sqrt(max(_shape(param, split)))
+    return muon_lr_factor(param, adjust, split) * _original(_shape(param, split))
+
+
+class SplitMuon(torch.optim.Muon):
+    """torch's Muon, except that a group with ``split`` k > 1 orthogonalises each matrix as k column blocks (and
+    scales each block's LR by its own shape). The same state (``momentum_buffer``) and the same arithmetic as torch's
+    single-tensor Muon otherwise (checked against it in tests/test_optimizer.py)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            split = group.get("split", 1)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                blocks = [_zeropower_via_newtonschulz(b, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                          for b in update.chunk(split, dim=1)]
+                update = blocks[0] if split == 1 else torch.cat(blocks, dim=1)
+                adjusted_lr = _adjust_lr(group["lr"], group["adjust_lr_fn"], blocks[0].shape)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-adjusted_lr)
+        return loss
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -123,13 +164,14 @@ def parameter_groups(model: torch.nn.Module, config: TrainingConfig) -> tuple[li
                   "names": [n for n, p in rest if p.dim() >= 2]},
                  {"params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0,
                   "names": [n for n, p in rest if p.dim() < 2]}]
-        by_factor: dict[float, list] = {}
+        by_factor: dict[tuple[float, int], list] = {}
         for n, p in in_muon:
-            by_factor.setdefault(muon_lr_factor(p, config.muon_adjust_lr), []).append((n, p))
+            split = 3 if config.muon_split_qkv and n.endswith("attn.c_attn.weight") else 1
+            by_factor.setdefault((muon_lr_factor(p, config.muon_adjust_lr, split), split), []).append((n, p))
         muon = [{"params": [p for _, p in items], "names": [n for n, _ in items], "lr": config.muon_learning_rate * f,
                  # torch's Muon decays by lr * weight_decay with the group's lr (before its own scale): undo f there
-                 "weight_decay": config.muon_weight_decay / f}
-                for f, items in sorted(by_factor.items())]
+                 "weight_decay": config.muon_weight_decay / f, **({"split": split} if split > 1 else {})}
+                for (f, split), items in sorted(by_factor.items())]
     _check_groups(named, adamw + muon)
     return adamw, muon
 
@@ -153,6 +195,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig, device: torc
     for group in adamw_groups + muon_groups:
         group.pop("names")
     adjust = "match_rms_adamw" if config.muon_adjust_lr == "match_rms_adamw" else "original"
-    muon = torch.optim.Muon(muon_groups, lr=config.muon_learning_rate, weight_decay=config.muon_weight_decay,
+    muon_class = SplitMuon if config.muon_split_qkv else torch.optim.Muon
+    muon = muon_class(muon_groups, lr=config.muon_learning_rate, weight_decay=config.muon_weight_decay,
                             momentum=config.muon_momentum, adjust_lr_fn=adjust)
     return MuonWithAdamW(_adamw(adamw_groups, config, device), muon)

@@ -9,13 +9,15 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 from runs import crash_after_saving, straight_and_resumed, strip
-from conftest import ROOT, TINY, cli, read_metrics, run
+from conftest import ROOT, TINY, cli, launch_cpu, read_metrics, run
+from safetensors.torch import load_file
+from weights import assert_same_weights
 
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig
 from modeling.lm_loss import CausalLMForTraining
 from modeling.model import build_model, load_model_config
-from modeling.optimizer import (MuonWithAdamW, build_optimizer, check_backend, muon_effective_lr_scale,
+from modeling.optimizer import (MuonWithAdamW, SplitMuon, build_optimizer, check_backend, muon_effective_lr_scale,
                                 parameter_groups)
 from modeling.schedule import build_scheduler
 
@@ -93,6 +95,57 @@ def test_one_muon_step_is_torchs_muon_on_the_transposed_matrix():
     optimizer.step()
     ref_opt.step()
     torch.testing.assert_close(weight.detach().t(), reference.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _step_twice(model, optimizer, grads):
+    for grad in grads:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        model.transformer.h[0].attn.c_attn.weight.grad = grad.clone()
+        optimizer.step()
+
+
+def test_muon_split_qkv_orthogonalises_q_k_v_as_three_matrices():
+    # c_attn stored (C, 3C) = Q | K | V columns: with muon_split_qkv each block gets torch's Muon as its own (C, C)
+    # matrix (LR scale 1, square: either orientation); fused, the (3C, C) Linear-orientation matrix gets sqrt(3).
+    torch.manual_seed(0)
+    model = _model()
+    weight = model.transformer.h[0].attn.c_attn.weight  # (64, 192)
+    assert muon_effective_lr_scale(weight, "original") == pytest.approx(math.sqrt(3))
+    assert muon_effective_lr_scale(weight, "original", split=3) == pytest.approx(1.0)
+    config = TrainingConfig(optimizer="muon", muon_split_qkv=True, muon_weight_decay=0.1)
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
+    assert isinstance(optimizer.muon, SplitMuon)
+    blocks = [b.detach().clone().requires_grad_() for b in weight.chunk(3, dim=1)]
+    references = [torch.optim.Muon([b], lr=config.muon_learning_rate, weight_decay=0.1, momentum=config.muon_momentum,
+                                   adjust_lr_fn="original") for b in blocks]
+    grads = [torch.randn_like(weight) for _ in range(2)]
+    for grad in grads:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        weight.grad = grad.clone()
+        for b, g, ref in zip(blocks, grad.chunk(3, dim=1), references):
+            b.grad = g.clone()
+            ref.step()
+        optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.cat([b.detach() for b in blocks], dim=1), rtol=1e-5,
+                               atol=1e-6)
+    # The momentum buffer keeps the full shape: checkpoints have one layout with or without the split.
+    assert optimizer.muon.state[weight]["momentum_buffer"].shape == weight.shape
+
+
+def test_split_muon_without_a_split_is_torchs_muon():
+    # SplitMuon re-implements torch's step for the split groups; the others must stay torch's arithmetic exactly.
+    torch.manual_seed(0)
+    grads = [torch.randn(64, 192) for _ in range(2)]
+    weights = []
+    for optimizer_class in (SplitMuon, torch.optim.Muon):
+        torch.manual_seed(1)
+        model = _model()
+        params = [p for n, p in model.named_parameters() if n.endswith("attn.c_attn.weight")]
+        _step_twice(model, optimizer_class(params, lr=0.02, weight_decay=0.1, adjust_lr_fn="original"), grads)
+        weights.append(model.transformer.h[0].attn.c_attn.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
 
 
 def test_muon_is_refused_under_fsdp_and_deepspeed_in_one_line():
@@ -202,3 +255,84 @@ def test_cli_trains_with_muon_and_wsd(tmp_path, data_dir):
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4] and metrics[1]["lr"] == metrics[2]["lr"] == TINY["learning_rate"]
     assert (out / "lr_schedule.png").exists()
+    # The model card names the optimizer and the schedule the run used (not the AdamW/cosine recipe's).
+    card = (out / "checkpoint-4/README.md").read_text()
+    assert "| optimizer | Muon (torch.optim.Muon) on the transformer blocks' matrices: lr 0.02" in card
+    assert "| schedule | warmup-stable-decay: linear warmup over 1 steps to 0.003, constant, then linear decay" in card
+
+
+def _muon_state(checkpoint) -> dict:
+    return torch.load(checkpoint / "training_state/optimizer.bin", weights_only=True)["muon"]["state"]
+
+
+def test_muon_resumes_from_two_processes_on_one(tmp_path, data_dir):
+    # 2 processes x 4 sequences (accumulation 1) -> 1 process x 4 (accumulation 2) from checkpoint 3: the Muon
+    # momentum buffers come back, so steps 4..6 are the 2-process run's (a fresh momentum changes step 5 on).
+    muon = [item for key, value in MUON.items() for item in (f"--{key}", str(value))]
+    ddp = launch_cpu(["train_hf.py", "--data_dir", data_dir, "--output_dir", tmp_path / "ddp",
+                      *cli("per_device_train_batch_size", 4), *muon])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    resumed = run(tmp_path / "to-one", data_dir, **MUON, per_device_train_batch_size=4,
+                  resume_from_checkpoint=str(tmp_path / "ddp/checkpoint-3"))
+    two = read_metrics(tmp_path / "ddp")
+    assert [m["step"] for m in resumed] == [4, 5, 6]
+    for a, b in zip(two[3:], resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    a, b = _muon_state(tmp_path / "ddp/checkpoint-6"), _muon_state(tmp_path / "to-one/checkpoint-6")
+    assert a.keys() == b.keys() and len(a) == 4 * 2  # 4 matrices x 2 layers
+    for i in a:
+        torch.testing.assert_close(b[i]["momentum_buffer"], a[i]["momentum_buffer"], rtol=1e-4, atol=1e-6)
+    # Newton-Schulz runs in bf16: a last-bit difference between layouts can flip one bf16 rounding (~lr x 4e-3 in
+    # that element); a lost momentum moves weights by ~lr.
+    assert_same_weights(*(load_file(tmp_path / f"{d}/checkpoint-6" / ckpt.STATE_DIR / "model.safetensors")
+                          for d in ("ddp", "to-one")), atol=5e-4)
+
+
+def test_init_from_with_muon_trains_the_loaded_weights(tmp_path, data_dir):
+    # --init_from loads weights into the model after it is built: Muon's groups must hold the tensors that are
+    # trained (the loaded ones), and its state starts empty (a fresh optimizer).
+    source = run(tmp_path / "source", data_dir, max_steps=4, save_steps=4, eval_steps=4)
+    started = run(tmp_path / "muon", data_dir, **MUON, max_steps=3, save_steps=3, eval_steps=3, eval_on_start=True,
+                  init_from=str(tmp_path / "source/checkpoint-4"))
+    assert started[0]["step"] == 0 and started[0]["val_loss"] == pytest.approx(source[-1]["val_loss"], abs=2e-3)
+    assert started[1]["lr"] == 0.0 and started[-1]["val_loss"] < started[0]["val_loss"]  # fresh schedule; it trains
+    config = ckpt.read_run_config(tmp_path / "muon/checkpoint-3")["config"]
+    assert config["optimizer"] == "muon" and config["init_from"] == str(tmp_path / "source/checkpoint-4")
+    assert len(_muon_state(tmp_path / "muon/checkpoint-3")) == 4 * 2
+    from transformers import GPT2LMHeadModel
+
+    loaded = GPT2LMHeadModel.from_pretrained(tmp_path / "source/checkpoint-4").transformer.h[0].mlp.c_fc.weight
+    trained = GPT2LMHeadModel.from_pretrained(tmp_path / "muon/checkpoint-3").transformer.h[0].mlp.c_fc.weight
+    # Muon moved the loaded matrix by ~lr per step (2 steps at LR > 0), not a stray copy of it.
+    assert 1e-3 < (trained - loaded).abs().max().item() < 0.5
+
+
+def test_cli_refuses_muon_under_deepspeed_before_any_work(tmp_path, data_dir):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make install or pip install -e '.[deepspeed]')")
+    out = tmp_path / "ds"
+    result = launch_cpu(["train_hf.py", "--data_dir", data_dir, "--output_dir", out, *cli("optimizer", "muon")],
+                        config="cpu-deepspeed.yaml", timeout=600)
+    # Each rank ends in the one line, no traceback of ours (accelerate's launcher adds its own ChildFailedError).
+    assert result.returncode != 0 and 'train_hf.py", line' not in result.stderr, result.stderr[-3000:]
+    assert "/modeling/" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "optimizer muon is not supported" in line]
+    assert sorted(e.split(": error: ")[0] for e in errors) == ["train_hf.py [rank 0]", "train_hf.py [rank 1]"], errors
+    assert all("error: optimizer muon is not supported under DeepSpeed" in e and "one process or DDP" in e
+               for e in errors), errors
+    assert not (out / "metrics.jsonl").exists() and not list(out.glob("checkpoint-*"))
+
+
+def test_the_muon_recipe_is_the_reference_model_and_batch_with_a_wsd_budget_that_can_be_extended():
+    from modeling.config import parse_training_config
+    from modeling.schedule import wsd_decay_start
+
+    muon = parse_training_config(["gpt2-124m-fineweb-edu-muon"])
+    reference = parse_training_config(["gpt2-124m-fineweb-edu-10b"])
+    for field in ("data_dir", "model_config", "seq_len", "total_batch_size", "warmup_steps", "learning_rate", "min_lr"):
+        assert getattr(muon, field) == getattr(reference, field), field
+    assert (muon.optimizer, muon.lr_scheduler_type, reference.optimizer) == ("muon", "wsd", "adamw")
+    # The projected budget: the reference's 10B tokens / 1.3 (the smallest gain, see the YAML's header).
+    assert muon.max_steps * muon.total_batch_size == pytest.approx(10e9 / 1.3, rel=2e-3)
+    # A checkpoint lands on the decay's first step and is among those kept: the point to extend from.
+    start = wsd_decay_start(muon)
+    assert start % muon.save_steps == 0 and (muon.max_steps - start) // muon.save_steps < muon.save_total_limit
