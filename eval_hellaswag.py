@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_record", action="store_true",
                    help="do not record the results in the checkpoint folder (hellaswag_results.json, read by the model "
                         "card); without it a local checkpoint's results are recorded there")
+    p.add_argument("--skip_checksum", action="store_true", help="do not check the files against their marker's sha256")
     return p.parse_args(argv)
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     from modeling.locate import NotFoundError, resolve_model
 
     try:  # first, before torch and transformers load: a mistyped --model is an error within seconds
-        args.model = resolve_model(args.model, "--model")
+        args.model = resolve_model(args.model, "--model", skip_checksum=args.skip_checksum)
     except NotFoundError as e:
         _fail(str(e))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.num_processes != launched:
             raise ConfigError(f"{launched} processes were launched but only {accelerator.num_processes} joined.")
         try:
-            model_dir = resolve_model(args.model, "--model")
+            model_dir = resolve_model(args.model, "--model", skip_checksum=args.skip_checksum)
         except NotFoundError as e:
             raise ConfigError(str(e)) from e
         try:

@@ -359,6 +359,9 @@ def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: in
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: new shapes would trigger recompilation
+    from modeling.faults import check_finite_weights  # NaN weights would still "score" (argmax over NaNs)
+
+    check_finite_weights(model, "HellaSwag")
     world = accelerator.num_processes if accelerator is not None else 1
     mine = examples[accelerator.process_index::world] if world > 1 else examples
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()

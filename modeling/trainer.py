@@ -26,6 +26,8 @@ from modeling import run_record, schedule
 from modeling.backends import accelerator_kwargs, configure_backend, global_norm
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import ShardBlockSampler, TokenWindows
+from modeling.data_identity import check_resume as check_data
+from modeling.data_identity import data_identity
 from modeling.faults import EvaluationInterrupted, StopSignals, TrainingStopped, check_step, nonfinite_message
 from modeling.hardware import peak_flops
 from modeling.lm_loss import CausalLMForTraining
@@ -255,9 +257,12 @@ def _train(config: TrainingConfig) -> dict:
                             if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")}}
     output_dir = Path(config.output_dir)
     # Decided once on the main process and broadcast: every process resumes from the same checkpoint.
-    resume_from = ckpt.decide_resume(accelerator, output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
+    resume_from = ckpt.decide_resume(accelerator, output_dir, config.resume_from_checkpoint, config.overwrite_output_dir,
+                                     verify=not config.skip_checksum)
+    run_config["data"] = data_identity(config.data_dir)  # the shards trained on: a resume on other data is refused
     if resume_from is not None:
         _check_same_run(resume_from, run_config, config)
+        check_data(resume_from, ckpt.read_run_config(resume_from), run_config, config.allow_data_change, accelerator.print)
     # Command line, git commit, versions, hardware: at the top of output_dir and in every checkpoint (not compared).
     run_config["environment"] = run_record.environment(accelerator)
     if accelerator.is_main_process:
@@ -269,7 +274,7 @@ def _train(config: TrainingConfig) -> dict:
     model = build_model(model_config, config.pad_vocab_to_multiple_of)
     if config.init_from and resume_from is None:  # weights only; optimizer, schedule and data start afresh
         try:
-            init_from = resolve_model(config.init_from, "--init_from")
+            init_from = resolve_model(config.init_from, "--init_from", config.skip_checksum, accelerator.print)
         except NotFoundError as e:
             raise ConfigError(str(e)) from e
         load_pretrained_weights(model, init_from)
@@ -326,7 +331,7 @@ def _train(config: TrainingConfig) -> dict:
     def save() -> Path:
         local_ok = all(bool(torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in model.parameters())
         if not ckpt.all_ok(accelerator, local_ok):  # an update blew the weights up: never save them
-            raise TrainingStopped(nonfinite_message(state.step, float("nan"), None, ckpt.newest_checkpoint(output_dir),
+            raise TrainingStopped(nonfinite_message(state.step, float("nan"), None, ckpt.newest_verified_checkpoint(output_dir),
                                                     state.skipped_steps, config.skip_nonfinite_steps))
         saved = ckpt.save_checkpoint(accelerator, prepared, output_dir, state.step, model_config, tokenizer, run_config,
                                      state.state_dict(), config.save_total_limit)
@@ -395,7 +400,7 @@ def _train(config: TrainingConfig) -> dict:
             metrics.write({"step": state.step + 1, "loss": loss if math.isfinite(loss) else None, "skipped": True,
                            "tokens": state.tokens_seen})
             return
-        raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, ckpt.newest_checkpoint(output_dir),
+        raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, ckpt.newest_verified_checkpoint(output_dir),
                                                 state.skipped_steps, config.skip_nonfinite_steps))
 
     # max_grad_norm 0 means no clipping; the norm is still computed (an infinite bound scales nothing) and logged.
