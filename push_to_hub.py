@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="Hub id of the training data for the card's metadata, when the "
                    "shards were made from local files (e.g. HuggingFaceFW/fineweb-edu)")
     p.add_argument("--license", default="mit", help="license in the card's metadata")
+    p.add_argument("--overwrite", action="store_true", help="--dry-run: replace OUT if it exists and is not empty")
     p.add_argument("--skip_checksum", action="store_true", help="do not check the files against their marker's sha256")
     return p.parse_args(argv)
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.dry_run:
             checkpoint = hub.check_checkpoint(args.checkpoint, args.skip_checksum)
             files = hub.stage(checkpoint, args.dry_run, repo_id=args.repo_id, dataset_id=args.dataset,
-                              license=args.license, _verified=True)
+                              license=args.license, overwrite=args.overwrite, _verified=True)
             print(f"dry run: {checkpoint} -> {args.dry_run} (what `--repo-id {args.repo_id}` would upload; nothing sent)")
             print(hub.format_listing(files, Path(args.dry_run)))
             return

@@ -101,11 +101,13 @@ def _staged_files(checkpoint: Path) -> list[Path]:
 
 
 def stage(checkpoint: str | Path, out: str | Path, *, repo_id: str | None = None, dataset_id: str | None = None,
-          license: str = "mit", skip_checksum: bool = False, _verified: bool = False) -> list[tuple[Path, int]]:
+          license: str = "mit", skip_checksum: bool = False, overwrite: bool = False,
+          _verified: bool = False) -> list[tuple[Path, int]]:
     """Write into ``out`` exactly what an upload of ``checkpoint`` sends; returns (path, bytes), sorted.
 
-    ``out`` is assembled beside itself and renamed when complete. An existing ``out`` is replaced only if it
-    holds nothing but files a stage writes (an earlier dry run)."""
+    ``out`` is assembled beside itself and renamed when complete. An existing ``out`` that is not empty is refused
+    unless ``overwrite`` (a model folder holds the same names a stage writes: replacing it unasked would lose it),
+    and even then only if it holds nothing but files a stage writes (an earlier dry run)."""
     checkpoint = check_checkpoint(checkpoint, skip_checksum, hash_files=not _verified)
     out = Path(out)
     if out.exists():
@@ -113,6 +115,10 @@ def stage(checkpoint: str | Path, out: str | Path, *, repo_id: str | None = None
         if strangers:
             raise HubError(f"{out} exists and holds files that are not part of an upload ({', '.join(sorted(strangers)[:5])}); "
                            "choose a new or empty folder.")
+        if not overwrite and any(out.iterdir()):
+            raise HubError(f"{out} exists and is not empty ({len(list(out.iterdir()))} entries, e.g. "
+                           f"{sorted(p.name for p in out.iterdir())[0]}); choose a new or empty folder, or pass "
+                           "--overwrite to replace it.")
     staged = _staged_files(checkpoint)  # refusals before anything is written
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
