@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -135,10 +136,38 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return [(step, path) for step, path in _named(Path(output_dir)) if incomplete_reason(path) is None]
 
 
-def newest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``output_dir``, or None."""
-    found = list_checkpoints(output_dir)
-    return found[-1][1] if found else None
+def newest_checkpoint(output_dir: str | Path, run_id: str | None = None) -> Path | None:
+    """The newest complete checkpoint in ``output_dir`` (of the run ``run_id``, when given), or None."""
+    found = [path for _, path in list_checkpoints(output_dir) if run_id is None or run_id_of(path) in (None, run_id)]
+    return found[-1] if found else None
+
+
+# ---- the run's id: created at its first start, kept across resumes, in every checkpoint and run_info session ----
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def run_id_of(checkpoint: Path) -> str | None:
+    """The id of the run that wrote ``checkpoint`` (None for a checkpoint from before run ids, or unreadable)."""
+    try:
+        return read_run_config(checkpoint).get("run_id")
+    except (FileFormatError, OSError, AttributeError):
+        return None
+
+
+def owner_run_id(output_dir: str | Path) -> str | None:
+    """The id of the run ``output_dir`` belongs to: the one its top-level run_config.json records."""
+    path = Path(output_dir) / RUN_CONFIG
+    try:
+        return read_json(path, "run configuration").get("run_id") if path.is_file() else None
+    except (FileFormatError, OSError, AttributeError):
+        return None
+
+
+def run_id_for(resume: Path | None) -> str:
+    """A resumed run keeps its id (a checkpoint from before ids gets one from here on); a new run gets a new one."""
+    return (run_id_of(resume) if resume is not None else None) or new_run_id()
 
 
 def newest_verified_checkpoint(output_dir: str | Path, log=None) -> Path | None:
@@ -180,7 +209,11 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, 
     if resume_from_checkpoint == "latest":
         for path, reason in incomplete_checkpoints(output_dir):
             log(f"skipping {path}: not a complete checkpoint ({reason})")
+        owner = owner_run_id(output_dir)
         for _, path in reversed(list_checkpoints(output_dir)):
+            if owner and (other := run_id_of(path)) not in (None, owner):  # copied in, or a run started elsewhere
+                log(f"skipping {path}: a checkpoint of another run (run id {other}; {output_dir}'s run is {owner})")
+                continue
             check_format(path)
             if not verify:
                 log(f"resuming {path}: sha256 not verified (--skip_checksum)")
@@ -393,7 +426,7 @@ def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | N
             if resume is None and existing:
                 if not overwrite_output_dir and resume_from_checkpoint == "latest":
                     raise ConfigError(
-                        f"{output_dir}: none of its complete checkpoints verifies (each is named above). Resume one "
+                        f"{output_dir}: none of its complete checkpoints can be resumed (each is named above). Resume one "
                         "explicitly with --resume_from_checkpoint PATH --skip_checksum, or pass --overwrite_output_dir.")
                 if not overwrite_output_dir:
                     raise ConfigError(

@@ -259,6 +259,7 @@ def _train(config: TrainingConfig) -> dict:
     # Decided once on the main process and broadcast: every process resumes from the same checkpoint.
     resume_from = ckpt.decide_resume(accelerator, output_dir, config.resume_from_checkpoint, config.overwrite_output_dir,
                                      verify=not config.skip_checksum)
+    run_config["run_id"] = ckpt.run_id_for(resume_from)  # new at the first start, kept across resumes
     run_config["data"] = data_identity(config.data_dir)  # the shards trained on: a resume on other data is refused
     if resume_from is not None:
         _check_same_run(resume_from, run_config, config)
@@ -314,7 +315,8 @@ def _train(config: TrainingConfig) -> dict:
 
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, state.step)
     # Hardware and wall time per session, for the model card.
-    run_info = RunInfo.start(output_dir, accelerator, state.step, run_config["environment"], config.data_dir)
+    run_info = RunInfo.start(output_dir, accelerator, state.step, run_config["environment"], config.data_dir,
+                             run_config["run_id"])
     accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
     tokens_per_step = B * config.seq_len * accum * world
     n_params = num_params(model)
@@ -465,7 +467,7 @@ def _train(config: TrainingConfig) -> dict:
     bar.close()
     run_info.finish(state.step)
     if accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
-        finish_run(output_dir, ckpt.newest_checkpoint(output_dir))
+        finish_run(output_dir, ckpt.newest_checkpoint(output_dir, run_config["run_id"]))
     # Tearing the process group down (when the DDP module is freed) joins gloo's worker threads while holding the
     # GIL; a worker still releasing the last collective's Python tensors needs the GIL too: a deadlock at exit,
     # seen in 2-process runs. A last barrier, then a moment without the GIL, lets the workers finish first.
