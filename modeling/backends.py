@@ -5,8 +5,10 @@ host syncs, FSDP2's mixed-precision policy, DeepSpeed's gradient clipping, and a
 from __future__ import annotations
 
 import os
+import time
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType,
                              InitProcessGroupKwargs)
 
@@ -88,3 +90,48 @@ def global_norm(grad_norm):
     if grad_norm is not None and hasattr(grad_norm, "full_tensor"):  # torch.distributed.tensor.DTensor
         grad_norm = grad_norm.full_tensor()
     return grad_norm
+
+
+def end_training(accelerator) -> None:
+    """Trackers closed and the process group destroyed, without the exit deadlock of 2-process gloo runs."""
+    # Tearing the process group down (when the DDP module is freed) joins gloo's worker threads while holding the
+    # GIL; a worker still releasing the last collective's Python tensors needs the GIL too: a deadlock at exit,
+    # seen in 2-process runs. A last barrier, then a moment without the GIL, lets the workers finish first.
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        time.sleep(0.5)
+    accelerator.end_training()  # also destroys the process group
+
+
+def training_accelerator(config) -> Accelerator:
+    """The training run's Accelerator (``config``: a TrainingConfig), with its accumulation set from the token
+    budget; refuses a launch whose processes did not form one group, and seeds every process alike."""
+    from accelerate.utils import GradientAccumulationPlugin, set_seed
+
+    from modeling.config import derive_accumulation
+    from modeling.optimizer import check_backend
+    from modeling.progress import quiet_library_bars
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
+    quiet_library_bars()  # no "Writing model shards" frames in a log file
+    accelerator = Accelerator(
+        mixed_precision="bf16" if config.bf16 else "no",
+        # We call scheduler.step() once per optimizer step ourselves; accelerate would step it once per process.
+        step_scheduler_with_optimizer=False,
+        # Accumulation follows our step loop, not the end of an epoch (which would shift the sync points).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
+        dynamo_backend="inductor" if config.compile else None,
+        log_with=config.trackers or None,
+        project_dir=config.output_dir,
+        **accelerator_kwargs(launched),  # CPU runs over gloo, DDP buckets, non-blocking batch copies
+    )
+    check_backend(config, accelerator.distributed_type)  # muon: refused under FSDP/DeepSpeed, before any work
+    if accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but they did not form one group "
+                          f"({accelerator.num_processes}); set ACCELERATE_USE_CPU=true to train on CPUs.")
+    accelerator.gradient_accumulation_steps = derive_accumulation(config, accelerator.num_processes)
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast use TF32 tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    set_seed(config.seed)  # the same initial weights on every process
+    return accelerator

@@ -31,6 +31,7 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from modeling.config import ConfigError
@@ -54,6 +55,26 @@ MARKER = "complete.json"
 FORMAT = 1
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER = re.compile(r"^checkpoint-\d+\.(tmp|trash)(-[0-9a-f]+)?$")
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved with every checkpoint as training_state/train_state.json (plain JSON: nothing to
+    unpickle on resume)."""
+
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    epoch: int = 0
+    # Windows all processes together have drawn in the current epoch: a position that does not depend on the
+    # micro-batch size or the number of processes, so a run can resume on another layout with the same token budget.
+    windows_in_epoch: int = 0
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss/gradient (--skip_nonfinite_steps)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
 
 
 class CheckpointSaveError(RuntimeError):
@@ -125,10 +146,16 @@ def incomplete_reason(path: Path) -> str | None:
     return None
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """N of a ``checkpoint-N`` folder, None for any other name (the one parser of the folder name)."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def _named(output_dir: Path) -> list[tuple[int, Path]]:
     if not output_dir.is_dir():
         return []
-    return sorted((int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _NAME.match(p.name)))
+    return sorted((step, p) for p in output_dir.iterdir() if p.is_dir() and (step := checkpoint_step(p)) is not None)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -464,3 +491,47 @@ def _check_shared_filesystem(accelerator, output_dir: Path) -> None:
         raise ConfigError(f"process(es) {blind} cannot see {output_dir} as the main process writes it: checkpoints "
                           "need output_dir on a filesystem shared by every node (NFS, Lustre, ...). Point "
                           "--output_dir at one.")
+
+
+def check_same_run(resume: Path, run_config: dict, config) -> None:
+    """Refuses to resume a checkpoint with settings that would make it another run (``config``: the new
+    TrainingConfig; ``run_config``: the run_config.json it would write)."""
+    import dataclasses
+
+    from modeling import schedule
+    from modeling.config import TrainingConfig
+
+    saved = read_run_config(resume)
+    # Another max_steps only with an explicit --extend_schedule; it sets the lr_decay_steps the run follows.
+    extended = schedule.resolve_schedule_change(saved["config"], config, checkpoint_step(resume))
+    run_config["config"].update(config.to_dict())
+    run_config = json.loads(json.dumps(run_config))  # compare in the types JSON gives back
+    # A field a checkpoint does not record (older than the field) had the field's default.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+    old = {k: saved["config"].get(k, defaults[k]) for k in TrainingConfig.RUN_DEFINING}
+    diffs = [f"{k}: {old[k]!r} -> {run_config['config'][k]!r}" for k in TrainingConfig.RUN_DEFINING
+             if k not in extended and old[k] != run_config["config"][k]]
+    diffs += [f"model.{k}: {saved['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
+              if saved["model"].get(k) != v]
+    if diffs:
+        raise ConfigError(f"{resume} was trained with a different configuration:\n  " + "\n  ".join(diffs) +
+                         "\nResume with the same configuration, or train into another --output_dir.")
+
+
+def restore(accelerator, checkpoint: Path, state, scheduler, config) -> None:
+    """Loads a checkpoint's weights, optimizer, scheduler, RNG and dataloader states and its TrainState into the
+    prepared objects, and applies an extended schedule from its step."""
+    from modeling import schedule
+
+    accelerator.load_state(str(checkpoint / STATE_DIR))
+    state.load_state_dict(read_train_state(checkpoint))
+    # load_state also restores accelerate's micro-batch counter, from which accumulate() picks the micro-batch
+    # that syncs and steps. A checkpoint is always at an optimizer-step boundary, so the counter starts at 0
+    # here: with another accumulation (or on a process that had no counter saved) the old count would put the
+    # sync points off the ends of our steps, and the optimizer would silently never step again.
+    accelerator.step = 0
+    accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    lr_was, lr_now = schedule.apply_scheduled_lr(scheduler)  # an extended schedule applies from this step
+    if lr_now != lr_was:
+        accelerator.print(f"schedule extended to max_steps {config.max_steps} ({config.extend_schedule}): "
+                          f"LR {lr_was:.3e} -> {lr_now:.3e} at step {state.step}")

@@ -241,6 +241,23 @@ def parse_training_config(argv: list[str]) -> TrainingConfig:
 CONFIG_KINDS = {"train": (".yaml", ".yml"), "model": (".json",), "accelerate": (".yaml", ".yml")}
 
 
+def derive_accumulation(config: TrainingConfig, num_processes: int) -> int:
+    """Micro-batches per optimizer step, from the token budget; refuses budgets that do not divide."""
+    per_micro = config.per_device_train_batch_size * config.seq_len * num_processes
+    if config.total_batch_size is None:
+        return config.gradient_accumulation_steps
+    if config.total_batch_size % per_micro:
+        raise ConfigError(
+            f"total_batch_size {config.total_batch_size:,} tokens is not a multiple of per_device_train_batch_size "
+            f"({config.per_device_train_batch_size}) x seq_len ({config.seq_len}) x processes ({num_processes}) = "
+            f"{per_micro:,}. Change one of them, e.g. total_batch_size {max(1, config.total_batch_size // per_micro) * per_micro:,}.")
+    accum = config.total_batch_size // per_micro
+    if config.gradient_accumulation_steps not in (None, accum):
+        raise ConfigError(f"gradient_accumulation_steps {config.gradient_accumulation_steps} contradicts total_batch_size "
+                         f"{config.total_batch_size:,} = {per_micro:,} x {accum}; set only one of them.")
+    return accum
+
+
 def main(argv: list[str] | None = None) -> None:
     """``gpt2-configs``: the shipped presets, or the path of one (for ``accelerate launch --config_file``, ``cp``)."""
     import argparse

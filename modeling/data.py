@@ -14,12 +14,13 @@ a time, so its index arrays are one shard's size, not the dataset's.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from modeling import shards as shardio
 
@@ -98,3 +99,51 @@ class ShardBlockSampler(Sampler[int]):
             local = (np.random.default_rng([self.seed, self.epoch, int(shard)]).permutation(count)
                      if self.shuffle else np.arange(count))
             yield from (local + self.starts[shard]).tolist()
+
+
+def train_loader_for(train_data: TokenWindows, config, device: torch.device) -> DataLoader:
+    """The training DataLoader (``config``: a TrainingConfig): micro-batches of B windows in ShardBlockSampler's
+    order, before accelerate prepares it (which shards it across processes)."""
+    sampler = ShardBlockSampler(train_data.windows_per_shard, seed=config.seed, shuffle=config.shuffle)
+    return DataLoader(train_data, sampler=sampler, batch_size=config.per_device_train_batch_size, drop_last=True,
+                      num_workers=config.dataloader_num_workers, pin_memory=device.type == "cuda")
+
+
+def endless_batches(loader, accelerator, state) -> Iterator[torch.Tensor]:
+    """Micro-batches of a prepared loader forever, epoch after epoch, starting exactly where ``state`` (the
+    trainer's TrainState: epoch, windows_in_epoch) says, and advancing it (resume)."""
+    from modeling.config import ConfigError
+
+    # Each micro-batch a process draws is one of `num_processes` that together take the next B x world windows.
+    windows_per_batch = loader.total_batch_size
+    while True:
+        # The prepared loader passes the epoch on to our sampler (and re-applies its own count at every
+        # iteration, so it must be told, not just the sampler); the skipping copy inherits it.
+        loader.set_epoch(state.epoch)
+        skip, rest = divmod(state.windows_in_epoch, windows_per_batch)
+        if rest:
+            raise ConfigError(
+                f"The checkpoint stopped {state.windows_in_epoch} windows into epoch {state.epoch}, which is not a whole "
+                f"number of rounds of per_device_train_batch_size x processes = {windows_per_batch}. Resume with a "
+                "micro-batch size and process count whose product divides it (e.g. the ones it was trained with).")
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in epoch_loader:
+            state.windows_in_epoch += windows_per_batch
+            yield batch
+        state.epoch, state.windows_in_epoch = state.epoch + 1, 0
+
+
+class TimedBatches:
+    """An iterator of batches that adds up the seconds spent waiting for them (``waited``)."""
+
+    def __init__(self, batches: Iterator[torch.Tensor]):
+        self.batches, self.waited = batches, 0.0
+
+    def __iter__(self) -> "TimedBatches":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        started = time.perf_counter()
+        batch = next(self.batches)
+        self.waited += time.perf_counter() - started
+        return batch

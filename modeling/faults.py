@@ -71,6 +71,12 @@ class StopSignals:
         print(f"[rank {self.rank}] {name}: saving a checkpoint at the end of this step, then stopping "
               "(send it again to exit at once)", file=sys.stderr, flush=True)
 
+    def stopped(self, step: int, saved) -> "TrainingStopped":
+        """The error that ends a run stopped by the signal, after its checkpoint ``saved``."""
+        name = self.requested or "a stop signal on another process"
+        return TrainingStopped(f"stopped by {name} at step {step}: saved {saved}. Continue with "
+                               "--resume_from_checkpoint latest.", exit_code=128 + (self.signum or 15))
+
     def __enter__(self) -> "StopSignals":
         try:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -81,6 +87,18 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def refuse_nonfinite_weights(accelerator, model: torch.nn.Module, step: int, output_dir, skipped: int,
+                             allowed: int) -> None:
+    """Raises TrainingStopped if any process holds a non-finite weight (before a save: such weights are never
+    saved), naming the last good checkpoint."""
+    from modeling import checkpoint as ckpt
+
+    local_ok = all(bool(torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in model.parameters())
+    if not ckpt.all_ok(accelerator, local_ok):
+        raise TrainingStopped(nonfinite_message(step, float("nan"), None, ckpt.newest_verified_checkpoint(output_dir),
+                                                skipped, allowed))
 
 
 def check_step(accelerator, loss_sum: torch.Tensor, grad_norm, stop_requested: bool) -> tuple[bool, bool]:
@@ -97,6 +115,22 @@ def check_step(accelerator, loss_sum: torch.Tensor, grad_norm, stop_requested: b
         flags = accelerator.reduce(flags, "max")
     nonfinite, stop = flags.tolist()
     return not nonfinite, bool(stop)
+
+
+def skip_or_stop(accelerator, loss: float, grad_norm, state, allowed: int, output_dir, write_record) -> None:
+    """A non-finite step (``state``: the trainer's TrainState): skip it while fewer than ``allowed`` were skipped
+    (printed, and logged through ``write_record``), else raise TrainingStopped without saving."""
+    from modeling import checkpoint as ckpt
+
+    if state.skipped_steps < allowed:
+        state.skipped_steps += 1
+        accelerator.print(f"step {state.step + 1}: non-finite loss ({loss:.4g}) or gradient norm; skipped "
+                          f"({state.skipped_steps} of {allowed} allowed)")
+        write_record({"step": state.step + 1, "loss": loss if math.isfinite(loss) else None, "skipped": True,
+                      "tokens": state.tokens_seen})
+        return
+    raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, ckpt.newest_verified_checkpoint(output_dir),
+                                            state.skipped_steps, allowed))
 
 
 def nonfinite_message(step: int, loss: float, grad_norm, last_checkpoint, skipped: int, allowed: int) -> str:

@@ -424,3 +424,14 @@ def reference_scores(model, tokenizer, examples: list[Example], convention: str 
 
 __all__ = ["Example", "HellaSwagResult", "load_examples", "score_hellaswag", "reference_scores", "tokenize",
            "max_context_length", "metrics_from_records", "DEFAULT_BATCH_SIZE"]
+
+
+def examples_for_training(config, accelerator) -> list:
+    """The in-loop HellaSwag examples (``config``: a TrainingConfig), downloaded once (main process first)."""
+    from modeling.config import ConfigError
+
+    with accelerator.main_process_first():  # a Hub download happens once, then comes from the cache
+        try:
+            return load_examples(config.hellaswag_data, limit=config.hellaswag_limit)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"hellaswag_data: {e}") from e

@@ -124,3 +124,39 @@ def flops_per_token(config: GPT2Config, n_params: int, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward): 6N for the weights plus attention's 12 * L * T * d
     (PaLM paper, appendix B)."""
     return 6 * n_params + 12 * config.n_layer * seq_len * config.n_embd
+
+
+@torch.no_grad()
+def sample_texts(model, tokenizer, prompt: str, num: int, max_new_tokens: int, seed: int) -> list[str]:
+    """A few sampled continuations; the global RNG is left untouched so sampling never changes training."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device).repeat(num, 1)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                             suppress_tokens=list(range(len(tokenizer), model.config.vocab_size)))  # padding rows
+    model.train(was_training)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def build_training_model(config, model_config: GPT2Config, resume: bool = False, log=print) -> GPT2LMHeadModel:
+    """The run's GPT2LMHeadModel (``config``: a TrainingConfig): fresh weights, or ``--init_from``'s when the run
+    does not resume (weights only; optimizer, schedule and data start afresh), with gradient checkpointing if asked."""
+    from modeling.config import ConfigError
+    from modeling.locate import NotFoundError, resolve_model
+
+    model = build_model(model_config, config.pad_vocab_to_multiple_of)
+    if config.init_from and not resume:
+        try:
+            init_from = resolve_model(config.init_from, "--init_from", config.skip_checksum, log)
+        except NotFoundError as e:
+            raise ConfigError(str(e)) from e
+        load_pretrained_weights(model, init_from)
+        log(f"initialised the weights from {config.init_from}")
+    if config.gradient_checkpointing:  # Transformers' own: recompute each block's activations in backward
+        enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.2x
+        (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
+    return model

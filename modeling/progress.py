@@ -142,3 +142,13 @@ def drop_library_message(logger_name: str, text: str) -> None:
     logger = logging.getLogger(logger_name)
     if not any(isinstance(f, _DropMessage) and f.text == text for f in logger.filters):
         logger.addFilter(_DropMessage(text))
+
+
+def show_record(bar, record: dict) -> None:
+    """A training record's headline numbers as the bar's postfix (loss, LR, speed, MFU, val loss, HellaSwag)."""
+    if bar is None or "loss" not in record:
+        return
+    shown = {"loss": ("loss", "{:.3f}"), "lr": ("lr", "{:.2e}"), "tokens_per_second": ("tok_s", "{:,.0f}"),
+             "mfu": ("mfu", "{:.1%}"), "val_loss": ("val", "{:.3f}"), "hellaswag": ("hs", "{:.3f}")}
+    bar.set_postfix({name: fmt.format(record[key]) for key, (name, fmt) in shown.items()
+                     if record.get(key) is not None}, refresh=False)

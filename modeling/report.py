@@ -28,6 +28,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from modeling.checkpoint import checkpoint_step
 from modeling.files import FileFormatError, read_json, read_jsonl
 
 METRICS = "metrics.jsonl"
@@ -61,6 +62,29 @@ def read_metrics(output_dir: str | Path, up_to_step: int | None = None, quiet: b
     if not path.is_file():
         return []
     return [r for r in read_jsonl(path, quiet=quiet) if up_to_step is None or r.get("step", 0) <= up_to_step]
+
+
+# Fields of a metrics record that measure the machine (time, memory), not the training: they differ between two
+# runs of the same steps, so "the same run" compares the records without them.
+MEASUREMENT_FIELDS = ("step_seconds", "tokens_per_second", "mfu", "data_wait_share", "mem_rss_mb",
+                      "mem_rss_since_start", "mem_allocated_mb", "mem_reserved_mb")
+
+
+class MetricsLog:
+    """``output_dir/metrics.jsonl``: one JSON object per logged step (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():  # drop what was logged after the checkpoint we resume from
+            kept = read_metrics(path.parent, up_to_step=resume_step)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -284,11 +308,6 @@ def plot_lr(records: list[dict], path: str | Path, *, warmup_steps: int | None =
 
 # --------------------------------------------------------------------------------------------------------------
 # Facts about a checkpoint, gathered once for the plots and the card
-
-
-def checkpoint_step(checkpoint: Path) -> int | None:
-    name = Path(checkpoint).name
-    return int(name.split("-", 1)[1]) if name.startswith("checkpoint-") and name.split("-", 1)[1].isdigit() else None
 
 
 def _data_source(data_dir: str | None) -> dict | None:

@@ -86,3 +86,11 @@ def environment(accelerator=None) -> dict:
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "git": git_state(), "versions": package_versions(), "hardware": hardware(accelerator),
             "launch": {k: os.environ[k] for k in LAUNCH_VARS if k in os.environ}}
+
+
+def run_config(config, num_processes: int, accumulation: int, model_config) -> dict:
+    """What a resume is checked against: the training configuration, the launch layout and the model's shape
+    (``environment`` is added beside it, not compared)."""
+    skip = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")
+    return {"config": config.to_dict(), "num_processes": num_processes, "gradient_accumulation_steps": accumulation,
+            "model": {k: v for k, v in model_config.to_dict().items() if k not in skip}}

@@ -41,6 +41,16 @@ def val_loader(data_dir: str | Path, seq_len: int, batch_size: int, eval_batches
     return DataLoader(share, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
 
 
+def val_set(config: TrainingConfig, accelerator, tokenizer) -> tuple[DataLoader, int, int]:
+    """The training run's val batches for this process, and the val windows' target tokens and UTF-8 bytes (for
+    bits per byte). The val set is the first eval_batches x B windows whatever the number of processes; each
+    process takes every world-th window of it, so the all-reduced loss is the same on 1 or N processes."""
+    B, cuda = config.per_device_train_batch_size, accelerator.device.type == "cuda"
+    loader = val_loader(config.data_dir, config.seq_len, B, config.eval_batches, accelerator.process_index,
+                        accelerator.num_processes, config.dataloader_num_workers, pin_memory=cuda)
+    return (loader, *count_val_bytes(config.data_dir, config.seq_len, B, config.eval_batches, tokenizer))
+
+
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator, should_stop=None) -> float:
     """Mean val loss over the fixed val batches, summed across processes.
@@ -154,16 +164,11 @@ class _LossOf(torch.nn.Module):
 
 def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dict:
     """Mean next-token loss over the val windows, computed as the trainer computes it."""
-    from modeling.shards import load_manifest
+    from modeling.verify import check_model_fits_data
 
     n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if n_positions is not None and settings["seq_len"] > n_positions:
-        raise ConfigError(f"seq_len {settings['seq_len']} is longer than the model's context ({n_positions}); "
-                          "pass a smaller --seq_len.")
-    manifest = load_manifest(settings["data_dir"])
-    if manifest is not None and manifest["identity"]["tokenizer"]["vocab_size"] > model.config.vocab_size:
-        raise ConfigError(f"{settings['data_dir']}: the shards use a {manifest['identity']['tokenizer']['vocab_size']:,}"
-                          f"-token vocabulary but the model has vocab_size {model.config.vocab_size:,}.")
+    check_model_fits_data(settings["data_dir"], settings["seq_len"], n_positions, model.config.vocab_size,
+                          model_name=getattr(model.config, "_name_or_path", None) or "the model")
     loader = val_loader(settings["data_dir"], settings["seq_len"], settings["per_device_train_batch_size"],
                         settings["eval_batches"], accelerator.process_index, accelerator.num_processes,
                         pin_memory=accelerator.device.type == "cuda")

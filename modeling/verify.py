@@ -175,3 +175,23 @@ def verify_shards(data_dir: str | os.PathLike, vocab_size: int | None = None, ma
     return VerifyReport(shards=len(listed), tokens=sum(s["tokens"] for s in listed), bytes=total,
                         seconds=time.perf_counter() - started, vocab_size=vocab_size,
                         complete=manifest.get("complete") is True)
+
+
+def check_model_fits_data(data_dir: str | os.PathLike, seq_len: int, n_positions: int | None, vocab_size: int,
+                          model_name: str = "the model", windows=None) -> None:
+    """One rule for training and evaluation: the windows fit the model's positions and the shards' token ids its
+    vocabulary. Without a manifest (shards from another tool) ``windows`` (a TokenWindows) is scanned for its
+    largest id."""
+    from modeling.config import ConfigError
+
+    if n_positions is not None and seq_len > n_positions:
+        raise ConfigError(f"seq_len {seq_len} is longer than the model's n_positions {n_positions} ({model_name}). "
+                          "Lower seq_len or use a model with more positions.")
+    manifest = shardio.load_manifest(Path(data_dir))
+    if manifest is not None:
+        vocab = manifest["identity"]["tokenizer"]["vocab_size"]
+        if vocab > vocab_size:
+            raise ConfigError(f"{data_dir}: the shards use a {vocab:,}-token vocabulary but {model_name} has "
+                              f"vocab_size {vocab_size:,}. Use a model with vocab_size >= {vocab:,}.")
+    elif windows is not None and (top := windows.max_token()) >= vocab_size:
+        raise ConfigError(f"{windows.paths[0]}: token id {top} is outside {model_name}'s vocab_size {vocab_size:,}.")

@@ -23,7 +23,7 @@ import train_hf  # noqa: E402
 mode, rank, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if int(os.environ.get("RANK", "0")) == rank:
     if mode == "raise":
-        loss_fn, calls = modeling.trainer.causal_lm_loss, [0]
+        loss_fn, calls = modeling.trainer.training_loss, [0]
 
         def failing_loss(model, tokens):
             calls[0] += 1
@@ -31,7 +31,7 @@ if int(os.environ.get("RANK", "0")) == rank:
                 raise RuntimeError(f"injected failure at step {step}")
             return loss_fn(model, tokens)
 
-        modeling.trainer.causal_lm_loss = failing_loss
+        modeling.trainer.training_loss = failing_loss
     elif mode == "enospc":
         def full_disk(save):
             def guarded(obj, path, *args, **kwargs):

@@ -107,8 +107,8 @@ def test_the_nan_stop_names_the_newest_checkpoint_that_verifies(straight, data_d
 
     out = _copy(straight, tmp_path)
     flip_bytes(out / "checkpoint-6/training_state/model.safetensors")  # complete by size, wrong bytes
-    loss_fn = modeling.trainer.causal_lm_loss
-    monkeypatch.setattr(modeling.trainer, "causal_lm_loss", lambda model, tokens: loss_fn(model, tokens) * float("nan"))
+    loss_fn = modeling.trainer.training_loss
+    monkeypatch.setattr(modeling.trainer, "training_loss", lambda model, tokens: loss_fn(model, tokens) * float("nan"))
     with pytest.raises(TrainingStopped) as stopped:
         run(out, data_dir, resume_from_checkpoint=str(out / "checkpoint-3"))
     assert f"the last good checkpoint is {out / 'checkpoint-3'}." in str(stopped.value), stopped.value

@@ -311,7 +311,7 @@ def _npy_shards(directory: Path, sizes=(5000, 7001, 3333)) -> list[np.ndarray]:
 def test_npy_shards_give_the_same_training_windows(tmp_path):
     from modeling.data import TokenWindows
     from modeling.shards import load_manifest, read_shard
-    from modeling.trainer import _check_vocab
+    from modeling.verify import check_model_fits_data
 
     arrays = _npy_shards(tmp_path / "edu_fineweb10B")
     manifest = convert.convert_npy_shards(tmp_path / "edu_fineweb10B", tmp_path / "shards", chunk_tokens=1000)
@@ -339,7 +339,7 @@ def test_npy_shards_give_the_same_training_windows(tmp_path):
                 np.testing.assert_array_equal(rows[:, :-1], x)  # inputs
                 np.testing.assert_array_equal(rows[:, 1:], y)  # targets
                 pos, j = pos + batch * seq_len, j + batch
-    _check_vocab(TokenWindows(tmp_path / "shards", "train", seq_len), 50304)  # the trainer accepts them
+    check_model_fits_data(tmp_path / "shards", seq_len, 1024, 50304)  # the trainer accepts them
 
 
 def test_npy_conversion_refuses_bad_tokens_and_leaves_nothing_behind(tmp_path, capsys):

@@ -308,14 +308,14 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_saves_nothing_no
 def test_skip_nonfinite_steps_skips_that_many_bad_batches_and_logs_them(tmp_path, data_dir, monkeypatch):
     import modeling.trainer
 
-    loss_fn, calls = modeling.trainer.causal_lm_loss, [0]
+    loss_fn, calls = modeling.trainer.training_loss, [0]
 
     def loss_with_bad_batches(model, tokens):  # micro-batches 5 and 6 (step 3, accumulation 2) are poisoned
         calls[0] += 1
         loss = loss_fn(model, tokens)
         return loss * float("nan") if calls[0] in (5, 6) else loss
 
-    monkeypatch.setattr(modeling.trainer, "causal_lm_loss", loss_with_bad_batches)
+    monkeypatch.setattr(modeling.trainer, "training_loss", loss_with_bad_batches)
     metrics = run(tmp_path / "run", data_dir, skip_nonfinite_steps=1)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6] and metrics[2]["skipped"] is True
     assert metrics[2]["loss"] is None  # strict JSON: NaN is logged as null
