@@ -220,7 +220,7 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
     good = log.read_text()
     log.write_text(good + '{"step": 7, "lo')
     commands = {"push": [sys.executable, "push_to_hub.py", str(run), "--repo-id", "someone/tiny", "--dry-run",
-                         str(tmp_path / "up")],
+                         str(tmp_path / "up"), "--overwrite"],  # run twice into the same folder
                 "report": [sys.executable, "-m", "modeling.report", str(run)]}
     for name, command in commands.items():
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
