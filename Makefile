@@ -52,7 +52,7 @@ demo: install
 	$(BIN)/python eval_hellaswag.py --model $(DEMO_OUT)/run $(HELLASWAG_EVAL_FLAG) --limit 500 \
 		--backend both --output $(DEMO_OUT)/hellaswag.json
 	$(BIN)/python push_to_hub.py $(DEMO_OUT)/run --repo_id $(DEMO_REPO_ID) --dry_run $(DEMO_OUT)/upload \
-		--dataset HuggingFaceFW/fineweb-edu
+		--overwrite --dataset HuggingFaceFW/fineweb-edu
 	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(abspath $(DEMO_OUT)/hub-cache) $(BIN)/python -m modeling.hub $(DEMO_OUT)/upload \
 		--repo_id $(DEMO_REPO_ID) --generate "Hello, I'm a language model,"
 	@echo

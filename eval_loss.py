@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         # Several processes and no GPU: they join over gloo on the CPU (otherwise each would evaluate everything alone).
         accelerator = build_accelerator(mixed_precision="bf16" if args.bf16 else "no")
         try:
-            model_dir = resolve_model(args.model, "--model")
+            model_dir = resolve_model(args.model, "--model", skip_checksum=args.skip_checksum)
         except NotFoundError as e:
             raise ConfigError(str(e)) from e
         try:

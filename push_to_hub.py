@@ -31,14 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         hub.check_repo_id(args.repo_id)
         if args.dry_run:
-            checkpoint = hub.check_checkpoint(args.checkpoint)
+            checkpoint = hub.check_checkpoint(args.checkpoint, args.skip_checksum)
             files = hub.stage(checkpoint, args.dry_run, repo_id=args.repo_id, dataset_id=args.dataset,
-                              license=args.license)
+                              license=args.license, overwrite=args.overwrite, _verified=True)
             print(f"dry run: {checkpoint} -> {args.dry_run} (what `--repo_id {args.repo_id}` would upload; nothing sent)")
             print(hub.format_listing(files, Path(args.dry_run)))
             return
         url = hub.push(args.checkpoint, args.repo_id, private=args.private, revision=args.revision,
-                       commit_message=args.commit_message, dataset_id=args.dataset, license=args.license)
+                       commit_message=args.commit_message, dataset_id=args.dataset, license=args.license,
+                       skip_checksum=args.skip_checksum)
         print(f"pushed: {url}")
     except (hub.HubError, FileFormatError) as e:
         sys.exit(f"push_to_hub.py: error: {e}")

@@ -159,7 +159,10 @@ def _training(facts: RunFacts) -> list[str]:
     bf16 = ("bf16 (DeepSpeed: bf16 module weights, fp32 master weights and optimizer state)"
             if str(backend).endswith("DEEPSPEED")  # older run_config.json files: "DistributedType.DEEPSPEED"
             else "bf16 autocast, fp32 weights and optimizer state")
+    changes = rc.get("data_changes") or []  # resumed on other data with --allow_data_change
     rows = [("data", facts.data["text"] if facts.data else None),
+            ("data changed on resume (--allow_data_change)", "; ".join(
+                f"at step {c['step']:,}: {', '.join(c['differences'])}" for c in changes) if changes else None),
             ("tokens seen", f"{tokens:,}" if tokens else None),
             ("steps", f"{facts.step:,} of {c['max_steps']:,}" if facts.step else None),
             ("batch", f"{tps:,} tokens per optimizer step = {c['per_device_train_batch_size']} sequences x "

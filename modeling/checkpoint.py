@@ -6,13 +6,15 @@
       training_state/                                             accelerator.save_state(): weights as trained (padded
         model.safetensors optimizer.bin scheduler.bin             vocabulary), optimizer, LR schedule, RNG states;
         random_states_*.pkl train_state.json run_config.json      our step/data position; the run's configuration
-        complete.json                                             written last: the marker (every file and its size)
+        complete.json                                             written last: the marker (every file, its size and
+                                                                  sha256)
 
 A checkpoint is complete when ``training_state/complete.json`` exists and every file it lists has the size it
 records. It is assembled in ``checkpoint-{step}.tmp/``; once every process has written its part, the main process
 fsyncs the files, writes the marker, and renames the folder into place. A folder is removed by renaming it away
 first (``*.trash``), so a crash never leaves a half-deleted checkpoint under a checkpoint's name. ``latest`` is
-the newest complete checkpoint; incomplete ones are skipped and named.
+the newest complete checkpoint whose bytes match the marker's sha256; incomplete or corrupt ones are skipped and
+named. Markers written before the sha256 field are checked by size only.
 
 Also here: the output-directory policy (resume, or refuse to mix runs, or start over), decided once on the main
 process and broadcast, so every process resumes from the same checkpoint.
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 import errno
 import gc
+import hashlib
 import json
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +81,52 @@ class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the previous complete checkpoint is untouched."""
 
 
+class ChecksumError(ConfigError):
+    """A checkpoint's bytes differ from what its marker recorded when it was written; the message names the file."""
+
+
+_CHUNK = 1 << 22
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_reason(path: Path) -> str | None:
+    """None if every file of the complete checkpoint ``path`` has the sha256 its marker records (or the marker,
+    from before the field, records none), else the first file that differs (one line)."""
+    sums = read_json(path / STATE_DIR / MARKER, "checkpoint marker").get("sha256") or {}
+    if not isinstance(sums, dict):
+        return f"{STATE_DIR}/{MARKER}: 'sha256' is not an object"
+    for name, expected in sorted(sums.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if (actual := sha256_file(file)) != expected:
+            return (f"{name} does not match its sha256 in {STATE_DIR}/{MARKER} (the file has {actual[:12]}..., "
+                    f"the marker says {str(expected)[:12]}...): its bytes changed after it was saved")
+    return None
+
+
+def verify_checkpoint(path: str | Path, what: str = "checkpoint", log=print, skip: bool = False) -> None:
+    """Raise ChecksumError (one line, naming the file) if a complete checkpoint's bytes differ from its marker's
+    sha256. A folder without our marker (an exported model, a Hub snapshot) has nothing to verify. ``skip``
+    (--skip_checksum) only logs that the check was skipped."""
+    path = Path(path)
+    if not (path / STATE_DIR / MARKER).is_file():
+        return
+    if skip:
+        log(f"{what} {path}: sha256 not verified (--skip_checksum)")
+        return
+    if reason := checksum_reason(path):
+        raise ChecksumError(f"{what} {path}: {reason}. Use another checkpoint, or pass --skip_checksum to use it "
+                            "anyway.")
+
+
 def incomplete_reason(path: Path) -> str | None:
     """None if ``path`` is a complete checkpoint, else what is missing (one line)."""
     marker = path / STATE_DIR / MARKER
@@ -113,10 +163,52 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return [(step, path) for step, path in _named(Path(output_dir)) if incomplete_reason(path) is None]
 
 
-def newest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``output_dir``, or None."""
-    found = list_checkpoints(output_dir)
-    return found[-1][1] if found else None
+def newest_checkpoint(output_dir: str | Path, run_id: str | None = None) -> Path | None:
+    """The newest complete checkpoint in ``output_dir`` (of the run ``run_id``, when given), or None."""
+    found = [path for _, path in list_checkpoints(output_dir) if run_id is None or run_id_of(path) in (None, run_id)]
+    return found[-1] if found else None
+
+
+# ---- the run's id: created at its first start, kept across resumes, in every checkpoint and run_info session ----
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def run_id_of(checkpoint: Path) -> str | None:
+    """The id of the run that wrote ``checkpoint`` (None for a checkpoint from before run ids, or unreadable)."""
+    try:
+        return read_run_config(checkpoint).get("run_id")
+    except (FileFormatError, OSError, AttributeError):
+        return None
+
+
+def owner_run_id(output_dir: str | Path) -> str | None:
+    """The id of the run ``output_dir`` belongs to: the one its top-level run_config.json records."""
+    path = Path(output_dir) / RUN_CONFIG
+    try:
+        return read_json(path, "run configuration").get("run_id") if path.is_file() else None
+    except (FileFormatError, OSError, AttributeError):
+        return None
+
+
+def run_id_for(resume: Path | None) -> str:
+    """A resumed run keeps its id (a checkpoint from before ids gets one from here on); a new run gets a new one."""
+    return (run_id_of(resume) if resume is not None else None) or new_run_id()
+
+
+def newest_verified_checkpoint(output_dir: str | Path, log=None) -> Path | None:
+    """The newest complete checkpoint whose bytes match its marker, or None; ``log`` is told which it skipped."""
+    for _, path in reversed(list_checkpoints(output_dir)):
+        try:
+            reason = checksum_reason(path)
+        except FileFormatError as e:
+            reason = str(e)
+        if reason is None:
+            return path
+        if log is not None:
+            log(f"skipping {path}: {reason}")
+    return None
 
 
 def incomplete_checkpoints(output_dir: str | Path) -> list[tuple[Path, str]]:
@@ -133,18 +225,30 @@ def check_format(path: Path) -> None:
                           f"{STATE_DIR}/{RUN_CONFIG}, environment.git), or upgrade this checkout.")
 
 
-def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, log=print) -> Path | None:
-    """``latest`` -> the newest complete checkpoint in output_dir (None if there is none yet), saying which
-    incomplete ones it skipped; a path -> that path, which must be a complete checkpoint. Either way one in a
-    format newer than this code's is refused, not resumed wrongly or passed over for an older one."""
+def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, log=print,
+                    verify: bool = True) -> Path | None:
+    """``latest`` -> the newest complete checkpoint in output_dir whose bytes verify (None if there is none yet),
+    saying which incomplete or corrupt ones it skipped; a path -> that path, which must be a complete checkpoint
+    whose bytes verify. Either way one in a format newer than this code's is refused, not resumed wrongly or passed
+    over for an older one. ``verify`` False (--skip_checksum) checks sizes only, and says so."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
         for path, reason in incomplete_checkpoints(output_dir):
             log(f"skipping {path}: not a complete checkpoint ({reason})")
-        if (newest := newest_checkpoint(output_dir)) is not None:
-            check_format(newest)
-        return newest
+        owner = owner_run_id(output_dir)
+        for _, path in reversed(list_checkpoints(output_dir)):
+            if owner and (other := run_id_of(path)) not in (None, owner):  # copied in, or a run started elsewhere
+                log(f"skipping {path}: a checkpoint of another run (run id {other}; {output_dir}'s run is {owner})")
+                continue
+            check_format(path)
+            if not verify:
+                log(f"resuming {path}: sha256 not verified (--skip_checksum)")
+                return path
+            if (reason := checksum_reason(path)) is None:
+                return path
+            log(f"skipping {path}: {reason}")
+        return None
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise ConfigError(f"--resume_from_checkpoint {path}: no such folder. Pass a checkpoint-N folder or 'latest'.")
@@ -152,6 +256,7 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, 
         raise ConfigError(f"--resume_from_checkpoint {path}: not a complete checkpoint ({reason}). Pass another "
                           "checkpoint-N folder, or 'latest' for the newest complete one.")
     check_format(path)
+    verify_checkpoint(path, "--resume_from_checkpoint", log=log, skip=not verify)
     return path
 
 
@@ -207,14 +312,17 @@ def clean_leftovers(output_dir: Path, log=print) -> None:
 
 
 def _mark_complete(folder: Path, step: int) -> None:
-    """fsync every file of ``folder``, then write the marker listing them (and fsync it and the folders)."""
-    files = {}
+    """fsync every file of ``folder`` and hash it (just written, so read from the page cache, not the disk), then
+    write the marker listing each file's size and sha256 (and fsync it and the folders)."""
+    files, sums = {}, {}
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         fsync_path(file)
-        files[str(file.relative_to(folder))] = file.stat().st_size
+        name = str(file.relative_to(folder))
+        files[name], sums[name] = file.stat().st_size, sha256_file(file)
     marker = folder / STATE_DIR / MARKER
     with open(marker, "w") as f:
-        json.dump({"format": FORMAT, "step": step, "files": files}, f, indent=1)
+        # "files" keeps its old shape (name -> size), so older code still reads a new marker
+        json.dump({"format": FORMAT, "step": step, "files": files, "sha256": sums}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     for directory in {folder, folder / STATE_DIR}:
@@ -330,7 +438,7 @@ def rotate_checkpoints(output_dir: Path, keep: int | None, keep_also: Path | Non
 # ---- the output-directory policy ----
 
 def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | None,
-                  overwrite_output_dir: bool) -> Path | None:
+                  overwrite_output_dir: bool, verify: bool = True) -> Path | None:
     """The checkpoint to resume from, if any, decided on the main process and broadcast. Refuses an output_dir
     that another live run holds (modeling/run_lock.py; the lock is kept until train() returns). Cleans up leftovers of
     interrupted saves; refuses to mix a new run into a directory holding another; checks that every process
@@ -343,9 +451,13 @@ def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | N
             output_dir.mkdir(parents=True, exist_ok=True)
             hold_run_lock(output_dir, log=accelerator.print)  # before anything is cleaned: it may be a live run's
             clean_leftovers(output_dir, log=accelerator.print)
-            resume = find_checkpoint(output_dir, resume_from_checkpoint, log=accelerator.print)
+            resume = find_checkpoint(output_dir, resume_from_checkpoint, log=accelerator.print, verify=verify)
             existing = list_checkpoints(output_dir)
             if resume is None and existing:
+                if not overwrite_output_dir and resume_from_checkpoint == "latest":
+                    raise ConfigError(
+                        f"{output_dir}: none of its complete checkpoints can be resumed (each is named above). Resume one "
+                        "explicitly with --resume_from_checkpoint PATH --skip_checksum, or pass --overwrite_output_dir.")
                 if not overwrite_output_dir:
                     raise ConfigError(
                         f"{output_dir} already holds {existing[-1][1].name}. Continue it with --resume_from_checkpoint "

@@ -52,6 +52,9 @@ class TrainingConfig:
                 "below the tokenizer's vocabulary (a bad one is named with file and offset)."})
     allow_incomplete_data: bool = field(default=False, metadata={
         "help": "Train on a data_dir whose manifest.json says prepare_data.py did not finish (refused otherwise)."})
+    allow_data_change: bool = field(default=False, metadata={
+        "help": "Resume a checkpoint on data other than the data it was trained on (refused otherwise, naming what "
+                "differs); logged, recorded in run_config.json and named in the model card."})
     # --- batch: tokens per optimizer step = per_device_train_batch_size x seq_len x gradient_accumulation_steps x processes ---
     total_batch_size: Optional[int] = field(default=524288, metadata={"help": "Tokens per optimizer step; accumulation is derived from it."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Sequences per micro-batch per process."})
@@ -110,6 +113,9 @@ class TrainingConfig:
     # --- evaluation, logging, checkpoints ---
     output_dir: str = field(default="runs/gpt2-124m", metadata={"help": "metrics.jsonl, checkpoint-N/, tracker logs."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start afresh even if output_dir has checkpoints (deletes them)."})
+    skip_checksum: bool = field(default=False, metadata={
+        "help": "Resume (or --init_from) a checkpoint without checking its files' sha256 against its marker (sizes are "
+                "still checked); logged."})
     eval_steps: int = field(default=250, metadata={"help": "Val loss (and samples) every N steps; 0 = only at the end."})
     eval_on_start: bool = field(default=True, metadata={
         "help": "Val loss at step 0, before any update (logged as step 0), so curves start at ~ln(vocab)."})

@@ -17,6 +17,8 @@ import sys
 
 import torch
 
+from modeling.config import ConfigError
+
 
 class TrainingStopped(Exception):
     """The run stopped on purpose (signal, non-finite step); ``exit_code`` is what the process should exit with."""
@@ -24,6 +26,27 @@ class TrainingStopped(Exception):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class NonFiniteModelError(ConfigError):
+    """An evaluation of weights (or a result) that is not finite: an error, never a score, never recorded."""
+
+
+def check_finite_weights(model: torch.nn.Module, what: str) -> None:
+    """Raise NonFiniteModelError (one line) if any parameter of ``model`` holds a NaN or an infinity (e.g. bytes of a
+    checkpoint overwritten): scoring such a model gives a meaningless number (argmax over NaNs), not an error."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise NonFiniteModelError(f"{what}: {len(bad)} weight tensor(s) hold NaN or infinite values (the first: "
+                                  f"{bad[0]}); no score is computed or recorded. Evaluate another checkpoint.")
+
+
+def check_finite_result(value: float, what: str) -> float:
+    """``value`` if finite, else NonFiniteModelError (one line): a NaN val loss is not a point on the curve."""
+    if not math.isfinite(value):
+        raise NonFiniteModelError(f"{what} is not finite ({value}): the model's weights or activations are not "
+                                  "finite; no score is computed or recorded.")
+    return value
 
 
 class EvaluationInterrupted(Exception):
@@ -74,7 +97,7 @@ def refuse_nonfinite_weights(accelerator, model: torch.nn.Module, step: int, out
 
     local_ok = all(bool(torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in model.parameters())
     if not ckpt.all_ok(accelerator, local_ok):
-        raise TrainingStopped(nonfinite_message(step, float("nan"), None, ckpt.newest_checkpoint(output_dir),
+        raise TrainingStopped(nonfinite_message(step, float("nan"), None, ckpt.newest_verified_checkpoint(output_dir),
                                                 skipped, allowed))
 
 
@@ -106,7 +129,7 @@ def skip_or_stop(accelerator, loss: float, grad_norm, state, allowed: int, outpu
         write_record({"step": state.step + 1, "loss": loss if math.isfinite(loss) else None, "skipped": True,
                       "tokens": state.tokens_seen})
         return
-    raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, ckpt.newest_checkpoint(output_dir),
+    raise TrainingStopped(nonfinite_message(state.step + 1, loss, grad_norm, ckpt.newest_verified_checkpoint(output_dir),
                                             state.skipped_steps, allowed))
 
 

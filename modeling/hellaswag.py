@@ -361,6 +361,9 @@ def score_hellaswag(model, tokenizer, examples: list[Example], *, batch_size: in
     # DDP's and torch.compile's wrappers off (new shapes would trigger recompilation), in either nesting order.
     no_deepspeed_unless_launched()  # else accelerate imports DeepSpeed (2 s, a log line) just to rule it out
     model = extract_model_from_parallel(model, keep_torch_compile=False)
+    from modeling.faults import check_finite_weights  # NaN weights would still "score" (argmax over NaNs)
+
+    check_finite_weights(model, "HellaSwag")
     world = accelerator.num_processes if accelerator is not None else 1
     mine = examples[accelerator.process_index::world] if world > 1 else examples
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()

@@ -47,6 +47,8 @@ class HellaSwagEvalArguments:
     no_record: bool = field(default=False, metadata={
         "help": "do not record the results in the checkpoint folder (hellaswag_results.json, read by the model "
                 "card); without it a local checkpoint's results are recorded there"})
+    skip_checksum: bool = field(default=False, metadata={
+        "help": "do not check the checkpoint's files against their marker's sha256"})
 
 
 def evaluate_hellaswag(args: HellaSwagEvalArguments, log: Callable[[str], None] = print) -> dict:
@@ -55,7 +57,7 @@ def evaluate_hellaswag(args: HellaSwagEvalArguments, log: Callable[[str], None] 
     from modeling.locate import NotFoundError, resolve_model
 
     try:  # first, before torch and transformers load: a mistyped --model is an error within seconds
-        model_path = resolve_model(args.model, "--model")
+        model_path = resolve_model(args.model, "--model", skip_checksum=args.skip_checksum)
     except NotFoundError as e:
         raise ConfigError(str(e)) from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

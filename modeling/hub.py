@@ -53,6 +53,9 @@ class PushArguments:
         "help": "Hub id of the training data for the card's metadata, when the shards were made from local files "
                 "(e.g. HuggingFaceFW/fineweb-edu)"})
     license: str = field(default="mit", metadata={"help": "license in the card's metadata"})
+    overwrite: bool = field(default=False, metadata={"help": "--dry_run: replace OUT if it exists and is not empty"})
+    skip_checksum: bool = field(default=False, metadata={
+        "help": "do not check the checkpoint's files against their marker's sha256"})
 
 
 @dataclass
@@ -75,11 +78,13 @@ def _is_upload_file(name: str) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in MODEL_PATTERNS) or name in REPORT_FILES
 
 
-def check_checkpoint(folder: str | Path) -> Path:
-    """``folder`` if it is a complete Transformers checkpoint, else a HubError listing what is missing.
+def check_checkpoint(folder: str | Path, skip_checksum: bool = False, hash_files: bool = True) -> Path:
+    """``folder`` if it is a complete Transformers checkpoint whose files match its marker's sha256 (unless
+    ``skip_checksum``, logged; ``hash_files`` False: already verified by the caller), else a HubError listing what is
+    missing or naming the file that does not match.
 
     A training ``output_dir`` stands for its newest checkpoint."""
-    from modeling.checkpoint import STATE_DIR, incomplete_reason, resolve_model_dir
+    from modeling.checkpoint import STATE_DIR, ChecksumError, incomplete_reason, resolve_model_dir, verify_checkpoint
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -107,6 +112,11 @@ def check_checkpoint(folder: str | Path) -> Path:
         raise HubError(f"{folder} is not a complete checkpoint: missing {', '.join(missing)}. Pass a checkpoint-N "
                        "folder written by train_hf.py, or a folder saved with save_pretrained() for both the model "
                        "and the tokenizer.")
+    if hash_files:
+        try:
+            verify_checkpoint(folder, "checkpoint", skip=skip_checksum)
+        except ChecksumError as e:
+            raise HubError(str(e)) from None
     return folder
 
 
@@ -129,18 +139,24 @@ def _staged_files(checkpoint: Path) -> list[Path]:
 
 
 def stage(checkpoint: str | Path, out: str | Path, *, repo_id: str | None = None, dataset_id: str | None = None,
-          license: str = "mit") -> list[tuple[Path, int]]:
+          license: str = "mit", skip_checksum: bool = False, overwrite: bool = False,
+          _verified: bool = False) -> list[tuple[Path, int]]:
     """Write into ``out`` exactly what an upload of ``checkpoint`` sends; returns (path, bytes), sorted.
 
-    ``out`` is assembled beside itself and renamed when complete. An existing ``out`` is replaced only if it
-    holds nothing but files a stage writes (an earlier dry run)."""
-    checkpoint = check_checkpoint(checkpoint)
+    ``out`` is assembled beside itself and renamed when complete. An existing ``out`` that is not empty is refused
+    unless ``overwrite`` (a model folder holds the same names a stage writes: replacing it unasked would lose it),
+    and even then only if it holds nothing but files a stage writes (an earlier dry run)."""
+    checkpoint = check_checkpoint(checkpoint, skip_checksum, hash_files=not _verified)
     out = Path(out)
     if out.exists():
         strangers = [p.name for p in out.iterdir() if not _is_upload_file(p.name)] if out.is_dir() else [out.name]
         if strangers:
             raise HubError(f"{out} exists and holds files that are not part of an upload ({', '.join(sorted(strangers)[:5])}); "
                            "choose a new or empty folder.")
+        if not overwrite and any(out.iterdir()):
+            raise HubError(f"{out} exists and is not empty ({len(list(out.iterdir()))} entries, e.g. "
+                           f"{sorted(p.name for p in out.iterdir())[0]}); choose a new or empty folder, or pass "
+                           "--overwrite to replace it.")
     staged = _staged_files(checkpoint)  # refusals before anything is written
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -203,14 +219,14 @@ def get_push_token() -> str:
 
 def push(checkpoint: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
          commit_message: str | None = None, dataset_id: str | None = None, license: str = "mit", api=None,
-         log=print) -> str:
+         log=print, skip_checksum: bool = False) -> str:
     """Upload ``checkpoint`` (its staged folder) to ``repo_id``; returns the commit URL.
 
     Everything that can be refused is refused before any work: the repo id, offline mode, a missing token, an
     incomplete checkpoint, and a Hub that does not answer (``whoami``). ``api`` stands in for ``HfApi`` in tests."""
     check_repo_id(repo_id)
     token = get_push_token()
-    checkpoint = check_checkpoint(checkpoint)
+    checkpoint = check_checkpoint(checkpoint, skip_checksum)
     if api is None:
         from huggingface_hub import HfApi
 
@@ -223,7 +239,7 @@ def push(checkpoint: str | Path, repo_id: str, *, private: bool = False, revisio
     log(f"pushing {checkpoint} to {repo_id} as {user.get('name', '?')}")
     with tempfile.TemporaryDirectory(prefix="push_to_hub_") as tmp:
         staged = Path(tmp) / "upload"
-        files = stage(checkpoint, staged, repo_id=repo_id, dataset_id=dataset_id, license=license)
+        files = stage(checkpoint, staged, repo_id=repo_id, dataset_id=dataset_id, license=license, _verified=True)
         log(format_listing(files, staged))
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         if revision and revision != "main":

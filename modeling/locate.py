@@ -14,6 +14,7 @@ import difflib
 import glob
 import os
 import re
+import sys
 from pathlib import Path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -138,12 +139,18 @@ def check_hub_model(repo_id: str, what: str, endpoint: str | None = None) -> Non
                             "the Hub cache only") from e
 
 
-def resolve_model(name: str, what: str = "--model") -> str:
-    """A checkpoint folder (for a run's output_dir its newest complete checkpoint) or a Hub id that can be
-    loaded; raises NotFoundError (one line) otherwise."""
-    from modeling.checkpoint import resolve_model_dir
+def resolve_model(name: str, what: str = "--model", skip_checksum: bool = False, log=None) -> str:
+    """A checkpoint folder (for a run's output_dir its newest complete checkpoint) whose bytes match its marker's
+    sha256 (unless ``skip_checksum``, logged), or a Hub id that can be loaded; raises NotFoundError (one line)
+    otherwise."""
+    from modeling.checkpoint import ChecksumError, resolve_model_dir, verify_checkpoint
 
     if check_local(name, what):
-        return resolve_model_dir(os.path.expanduser(name))
+        folder = resolve_model_dir(os.path.expanduser(name))
+        try:
+            verify_checkpoint(folder, what, log=log or (lambda m: print(m, file=sys.stderr)), skip=skip_checksum)
+        except ChecksumError as e:
+            raise NotFoundError(str(e)) from None
+        return folder
     check_hub_model(name, what)
     return name

@@ -151,7 +151,7 @@ def build_training_model(config, model_config: GPT2Config, resume: bool = False,
     model = build_model(model_config, config.pad_vocab_to_multiple_of)
     if config.init_from and not resume:
         try:
-            init_from = resolve_model(config.init_from, "--init_from")
+            init_from = resolve_model(config.init_from, "--init_from", config.skip_checksum, log)
         except NotFoundError as e:
             raise ConfigError(str(e)) from e
         load_pretrained_weights(model, init_from)

@@ -105,7 +105,7 @@ class RunInfo:
 
     @classmethod
     def start(cls, output_dir: str | Path, accelerator, start_step: int, environment: dict,
-              data_dir: str | None = None) -> "RunInfo":
+              data_dir: str | None = None, run_id: str | None = None) -> "RunInfo":
         """``environment``: this launch's record (run_record.environment), whose hardware and versions it keeps."""
         if not accelerator.is_main_process:
             return cls(output_dir, None)
@@ -115,10 +115,13 @@ class RunInfo:
                    "versions": {k: v for k, v in environment["versions"].items()
                                 if k in ("python", "torch", "transformers", "accelerate")},
                    "checkpoints": {}}
+        if run_id is not None:
+            session["run_id"] = run_id
         info = cls(output_dir, session)
         old = _read_json(info.path) or {}
         # A fresh run (step 0) starts a fresh record; a resumed one keeps the sessions it continues from.
-        sessions = [s for s in old.get("sessions", [])] if start_step > 0 else []
+        # Only this run's sessions: a session of another run (another id) is not part of its wall time.
+        sessions = [s for s in old.get("sessions", []) if s.get("run_id") in (None, run_id)] if start_step > 0 else []
         info._write(sessions + [session])
         return info
 

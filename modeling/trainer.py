@@ -20,6 +20,8 @@ from modeling import run_record, schedule
 from modeling.backends import configure_backend, end_training, global_norm, training_accelerator
 from modeling.config import ConfigError, TrainingConfig
 from modeling.data import TimedBatches, TokenWindows, endless_batches, train_loader_for
+from modeling.data_identity import check_resume as check_data
+from modeling.data_identity import data_identity
 from modeling.faults import EvaluationInterrupted, StopSignals, check_step, refuse_nonfinite_weights, skip_or_stop
 from modeling.files import write_json_atomic
 from modeling.hardware import peak_flops
@@ -97,9 +99,13 @@ class TrainingRun:
         self.output_dir = Path(config.output_dir)
         # Decided once on the main process and broadcast: every process resumes from the same checkpoint.
         self.resume_from = ckpt.decide_resume(self.accelerator, self.output_dir, config.resume_from_checkpoint,
-                                              config.overwrite_output_dir)
+                                              config.overwrite_output_dir, verify=not config.skip_checksum)
+        self.run_config["run_id"] = ckpt.run_id_for(self.resume_from)  # new at the first start, kept across resumes
+        self.run_config["data"] = data_identity(config.data_dir)  # the shards trained on: other data is refused
         if self.resume_from is not None:
             ckpt.check_same_run(self.resume_from, self.run_config, config)
+            check_data(self.resume_from, ckpt.read_run_config(self.resume_from), self.run_config,
+                       config.allow_data_change, self.accelerator.print)
         # Command line, git commit, versions, hardware: at the top of output_dir and in every checkpoint (not compared).
         self.run_config["environment"] = run_record.environment(self.accelerator)
         if self.accelerator.is_main_process:
@@ -135,7 +141,7 @@ class TrainingRun:
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", accelerator.is_main_process, self.state.step)
         # Hardware and wall time per session, for the model card.
         self.run_info = RunInfo.start(self.output_dir, accelerator, self.state.step, self.run_config["environment"],
-                                      config.data_dir)
+                                      config.data_dir, self.run_config["run_id"])
         accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
         n_params = num_params(self.model)
         self.flops_per_step = flops_per_token(self.model_config, n_params, config.seq_len) * self.tokens_per_step
@@ -286,7 +292,7 @@ class TrainingRun:
         """Plots and the model card, then a clean teardown of the process group."""
         self.run_info.finish(self.state.step)
         if self.accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
-            finish_run(self.output_dir, ckpt.newest_checkpoint(self.output_dir))
+            finish_run(self.output_dir, ckpt.newest_checkpoint(self.output_dir, self.run_config["run_id"]))
         end_training(self.accelerator)
 
 

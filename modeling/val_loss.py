@@ -76,7 +76,9 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator, shoul
         from modeling.faults import EvaluationInterrupted
 
         raise EvaluationInterrupted("val loss")
-    return (total[0] / total[1]).item()
+    from modeling.faults import check_finite_result  # the same value on every process: every one raises
+
+    return check_finite_result((total[0] / total[1]).item(), "the val loss")
 
 
 def count_val_bytes(data_dir: str | Path, seq_len: int, batch_size: int, eval_batches: int, tokenizer) -> tuple[int, int]:
@@ -118,6 +120,8 @@ class ValLossArguments:
         "help": f"Val batches shared by all processes, as in training (default {_DEFAULTS['eval_batches']})."})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (as a bf16 training run evaluates)."})
     output: Optional[str] = field(default=None, metadata={"help": "Write the result as JSON here."})
+    skip_checksum: bool = field(default=False, metadata={
+        "help": "Do not check the checkpoint's files against the sha256 in its marker (logged)."})
 
 
 def _run_config(like: str) -> dict:
@@ -169,6 +173,9 @@ def compute_val_loss(model: torch.nn.Module, settings: dict, accelerator) -> dic
                         settings["eval_batches"], accelerator.process_index, accelerator.num_processes,
                         pin_memory=accelerator.device.type == "cuda")
     windows = min(len(loader.dataset.dataset), settings["eval_batches"] * settings["per_device_train_batch_size"])
+    from modeling.faults import check_finite_weights
+
+    check_finite_weights(model, "--model")
     started = time.perf_counter()
     loss = evaluate_loss(_LossOf(model), loader, accelerator)  # under the accelerator's autocast (bf16 if asked)
     seconds = time.perf_counter() - started

@@ -80,8 +80,8 @@ def test_dry_run_writes_exactly_the_upload_and_no_training_state(tiny_run, tmp_p
     assert [r["step"] for r in report.read_metrics(out)] == [1, 2, 3]
     card = (out / "README.md").read_text()
     assert "This is step 3 of 6" in card and 'from_pretrained("someone/tiny")' in card
-    # Again into the same folder (an earlier dry run) is fine; the output_dir stands for its newest checkpoint.
-    code, printed = run_cli([str(tiny_run), "--repo-id", "someone/tiny", "--dry-run", str(out)], capsys)
+    # Again into the same folder (an earlier dry run) with --overwrite; the output_dir stands for its newest checkpoint.
+    code, printed = run_cli([str(tiny_run), "--repo-id", "someone/tiny", "--dry-run", str(out), "--overwrite"], capsys)
     assert code == 0 and f"{tiny_run / 'checkpoint-6'} -> {out}" in printed
     assert [r["step"] for r in report.read_metrics(out)][-1] == 6 and not (out.parent / "upload.tmp").exists()
 
@@ -220,7 +220,7 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
     good = log.read_text()
     log.write_text(good + '{"step": 7, "lo')
     commands = {"push": [sys.executable, "push_to_hub.py", str(run), "--repo-id", "someone/tiny", "--dry-run",
-                         str(tmp_path / "up")],
+                         str(tmp_path / "up"), "--overwrite"],  # run twice into the same folder
                 "report": [sys.executable, "-m", "modeling.report", str(run)]}
     for name, command in commands.items():
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -254,3 +254,23 @@ def test_staging_copies_only_the_checkpoints_own_files(tiny_run, tmp_path, capsy
     code, _ = run_cli([str(checkpoint), "--repo-id", "someone/tiny", "--dry-run", str(tmp_path / "up2")], capsys)
     assert code != 0 and "tokenizer_config.json is a symlink to" in str(code) and "outside the checkpoint" in str(code)
     assert not (tmp_path / "up2").exists() and not (tmp_path / "up2.tmp").exists()
+
+
+def test_a_dry_run_into_an_existing_folder_is_refused_unless_overwrite(tiny_run, tmp_path, capsys):
+    """An exported model folder (the same file names a stage writes, no training_state/) as the --dry-run target."""
+    model = tmp_path / "my-model"
+    model.mkdir()
+    for name in UPLOAD & {p.name for p in (tiny_run / "checkpoint-3").iterdir()}:
+        shutil.copyfile(tiny_run / "checkpoint-3" / name, model / name)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--dry-run", str(model)], capsys)
+    assert code != 0 and f"{model} exists and is not empty" in str(code) and "--overwrite" in str(code), code
+    assert "\n" not in str(code) and {p.name: p.read_bytes() for p in model.iterdir()} == before  # untouched
+    code, printed = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--dry-run", str(model),
+                             "--overwrite"], capsys)
+    assert code == 0 and f"{tiny_run / 'checkpoint-6'} -> {model}" in printed
+    assert (model / "model.safetensors").read_bytes() == (tiny_run / "checkpoint-6/model.safetensors").read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is a new one
+    code, _ = run_cli([str(tiny_run / "checkpoint-6"), "--repo-id", "someone/tiny", "--dry-run", str(empty)], capsys)
+    assert code == 0
