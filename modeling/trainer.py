@@ -38,7 +38,7 @@ from modeling.report import MetricsLog, RunInfo, finish_run
 from modeling.run_lock import release_run_lock
 from modeling.tokenizer import get_hf_tokenizer
 from modeling.val_loss import bits_per_byte, evaluate_loss, val_set
-from modeling.verify import check_data_dir, check_model_fits_data
+from modeling.verify import check_data_dir, check_model_fits_data, check_seq_len
 
 
 @dataclass
@@ -74,13 +74,14 @@ class TrainingRun:
         self._start_records()
 
     def _build_accelerator(self) -> None:
+        self.model_config = load_model_config(self.config.model_config)
+        check_seq_len(self.config.seq_len, self.model_config.n_positions, self.config.model_config)
         self.accelerator = training_accelerator(self.config)  # checks the launch and the backend, seeds
         self.world, self.device = self.accelerator.num_processes, self.accelerator.device
         self.accum = self.accelerator.gradient_accumulation_steps
 
     def _build_data(self) -> None:
         config, B = self.config, self.config.per_device_train_batch_size
-        self.model_config = load_model_config(config.model_config)
         # Unfinished preparation, missing or damaged shards (with verify_data, every sha256 and token id): refused.
         check_data_dir(config.data_dir, config.verify_data, config.allow_incomplete_data, log=self.accelerator.print)
         self.train_data = TokenWindows(config.data_dir, "train", config.seq_len)

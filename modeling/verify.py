@@ -177,6 +177,15 @@ def verify_shards(data_dir: str | os.PathLike, vocab_size: int | None = None, ma
                         complete=manifest.get("complete") is True)
 
 
+def check_seq_len(seq_len: int, n_positions: int | None, model_name: str = "the model") -> None:
+    """The windows fit the model's positions (checked first: every batch figure derives from seq_len)."""
+    from modeling.config import ConfigError
+
+    if n_positions is not None and seq_len > n_positions:
+        raise ConfigError(f"seq_len {seq_len} is longer than the model's n_positions {n_positions} ({model_name}). "
+                          "Lower seq_len or use a model with more positions.")
+
+
 def check_model_fits_data(data_dir: str | os.PathLike, seq_len: int, n_positions: int | None, vocab_size: int,
                           model_name: str = "the model", windows=None) -> None:
     """One rule for training and evaluation: the windows fit the model's positions and the shards' token ids its
@@ -184,14 +193,13 @@ def check_model_fits_data(data_dir: str | os.PathLike, seq_len: int, n_positions
     largest id."""
     from modeling.config import ConfigError
 
-    if n_positions is not None and seq_len > n_positions:
-        raise ConfigError(f"seq_len {seq_len} is longer than the model's n_positions {n_positions} ({model_name}). "
-                          "Lower seq_len or use a model with more positions.")
+    check_seq_len(seq_len, n_positions, model_name)
     manifest = shardio.load_manifest(Path(data_dir))
     if manifest is not None:
         vocab = manifest["identity"]["tokenizer"]["vocab_size"]
         if vocab > vocab_size:
-            raise ConfigError(f"{data_dir}: the shards use a {vocab:,}-token vocabulary but {model_name} has "
-                              f"vocab_size {vocab_size:,}. Use a model with vocab_size >= {vocab:,}.")
+            raise ConfigError(f"{data_dir}: the shards use a {vocab:,}-token vocabulary but the model has "
+                              f"vocab_size {vocab_size:,} ({model_name}). Use a model with vocab_size >= {vocab:,}.")
     elif windows is not None and (top := windows.max_token()) >= vocab_size:
-        raise ConfigError(f"{windows.paths[0]}: token id {top} is outside {model_name}'s vocab_size {vocab_size:,}.")
+        raise ConfigError(f"{windows.paths[0]}: token id {top} is outside the model's vocab_size {vocab_size:,} "
+                              f"({model_name}).")
