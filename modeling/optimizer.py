@@ -72,6 +72,14 @@ def muon_effective_lr_scale(param: torch.Tensor, adjust: str, split: int = 1) ->
     return muon_lr_factor(param, adjust, split) * _original(_shape(param, split))
 
 
+def _closure_loss(closure):
+    """torch.optim's closure convention: re-evaluate the loss with gradients enabled, if a closure is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class SplitMuon(torch.optim.Muon):
     """torch's Muon, except that a group with ``split`` k > 1 orthogonalises each matrix as k column blocks (and
     scales each block's LR by its own shape). The same state (``momentum_buffer``) and the same arithmetic as torch's
@@ -79,10 +87,7 @@ class SplitMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             split = group.get("split", 1)
             for p in group["params"]:
@@ -118,10 +123,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.adamw.step()
         self.muon.step()
         return loss
