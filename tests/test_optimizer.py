@@ -316,7 +316,11 @@ def test_cli_refuses_muon_under_deepspeed_before_any_work(tmp_path, data_dir):
     assert result.returncode != 0 and 'train_hf.py", line' not in result.stderr, result.stderr[-3000:]
     assert "/modeling/" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if "optimizer muon is not supported" in line]
-    assert sorted(e.split(": error: ")[0] for e in errors) == ["train_hf.py [rank 0]", "train_hf.py [rank 1]"], errors
+    # Every rank refuses on its own; the launcher stops the others as soon as the first one exits, so a rank that
+    # loses the race is killed before it prints (seen on a clean-clone CI run): at least one, each at most once.
+    ranks = [e.split(": error: ")[0] for e in errors]
+    assert ranks and len(set(ranks)) == len(ranks), errors
+    assert set(ranks) <= {"train_hf.py [rank 0]", "train_hf.py [rank 1]"}, errors
     assert all("error: optimizer muon is not supported under DeepSpeed" in e and "one process or DDP" in e
                for e in errors), errors
     assert not (out / "metrics.jsonl").exists() and not list(out.glob("checkpoint-*"))
