@@ -32,10 +32,16 @@ class NonFiniteModelError(ConfigError):
     """An evaluation of weights (or a result) that is not finite: an error, never a score, never recorded."""
 
 
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity (of this process's shard, for a sharded DTensor)."""
+    return [name for name, p in model.named_parameters()
+            if not bool(torch.isfinite(getattr(p, "_local_tensor", p).detach()).all())]
+
+
 def check_finite_weights(model: torch.nn.Module, what: str) -> None:
     """Raise NonFiniteModelError (one line) if any parameter of ``model`` holds a NaN or an infinity (e.g. bytes of a
     checkpoint overwritten): scoring such a model gives a meaningless number (argmax over NaNs), not an error."""
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    bad = nonfinite_parameters(model)
     if bad:
         raise NonFiniteModelError(f"{what}: {len(bad)} weight tensor(s) hold NaN or infinite values (the first: "
                                   f"{bad[0]}); no score is computed or recorded. Evaluate another checkpoint.")
@@ -95,8 +101,7 @@ def refuse_nonfinite_weights(accelerator, model: torch.nn.Module, step: int, out
     saved), naming the last good checkpoint."""
     from modeling import checkpoint as ckpt
 
-    local_ok = all(bool(torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in model.parameters())
-    if not ckpt.all_ok(accelerator, local_ok):
+    if not ckpt.all_ok(accelerator, not nonfinite_parameters(model)):
         raise TrainingStopped(nonfinite_message(step, float("nan"), None, ckpt.newest_verified_checkpoint(output_dir),
                                                 skipped, allowed))
 
