@@ -105,6 +105,9 @@ def evaluate_hellaswag(args: HellaSwagEvalArguments, log: Callable[[str], None] 
     if args.backend in ("lm-eval", "both"):
         from modeling.harness import compare, run_harness
 
+        if result is None:  # our scorer checked the weights; lm-eval alone would score NaN weights as well
+            _check_finite_checkpoint(model_path, args.dtype)
+
         harness = run_harness(model_path, data=args.data, indices=[ex.index for ex in examples],
                               batch_size=args.lm_eval_batch_size or args.batch_size, device=str(device), dtype=args.dtype,
                               progress=progress)
@@ -152,3 +155,18 @@ def evaluate_hellaswag(args: HellaSwagEvalArguments, log: Callable[[str], None] 
                 f.writelines(json.dumps({"index": i, "label": r["label"], "harness": r}) + "\n" for i, r in harness.records.items())
         log(f"wrote {args.per_example}")
     return report
+
+
+def _check_finite_checkpoint(model_path: str, dtype: str) -> None:
+    """NonFiniteModelError (one line) if the checkpoint's weights hold a NaN or an infinity: lm-eval loads the model
+    itself and would turn them into an accuracy (argmax over NaNs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from modeling.faults import check_finite_weights
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise ConfigError(f"cannot load the checkpoint {model_path}: {e}") from None
+    check_finite_weights(model, "HellaSwag")

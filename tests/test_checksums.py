@@ -141,6 +141,8 @@ def test_nan_weights_are_an_error_never_a_score_nor_recorded(straight, tmp_path)
     flip_bytes(out / "checkpoint-6/model.safetensors", count=256, value=0xFF)
     for command in (["eval_hellaswag.py", "--model", out / "checkpoint-6", "--data", HELLASWAG_FILE, "--limit", 4,
                      "--skip_checksum"],
+                    ["eval_hellaswag.py", "--model", out / "checkpoint-6", "--data", HELLASWAG_FILE, "--limit", 4,
+                     "--backend", "lm-eval", "--skip_checksum"],
                     ["eval_loss.py", "--model", out / "checkpoint-6", "--like", out, "--skip_checksum"]):
         done = _cli(*command)
         assert done.returncode != 0 and "Traceback" not in done.stderr, (command, done.stderr[-3000:])
