@@ -357,7 +357,7 @@ def _without_frames(error: BaseException) -> BaseException:
 
 
 def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_config, tokenizer, run_config: dict,
-                    train_state: dict, save_total_limit: int | None = None) -> Path:
+                    train_state: dict, save_total_limit: int | None = None, log=print) -> Path:
     """Save on every process (each writes its share of the state); the main process writes the Transformers
     folder, marks the checkpoint complete once every process is done, and renames it into place.
 
@@ -389,10 +389,11 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
     if all_ok(accelerator, error is None) and accelerator.is_main_process:
         try:
             _mark_complete(tmp, step)
-            remove(final)  # the same step saved by an earlier, abandoned attempt
+            set_aside_other_run(final, run_config.get("run_id"), log)
+            remove(final)  # the same step saved by an earlier, abandoned attempt of this run
             tmp.rename(final)
             fsync_path(output_dir)
-            rotate_checkpoints(output_dir, save_total_limit, keep_also=final)
+            rotate_checkpoints(output_dir, save_total_limit, keep_also=final, run_id=run_config.get("run_id"))
         except Exception as e:  # noqa: BLE001 - as above
             error = e
     if not all_ok(accelerator, error is None):
@@ -425,12 +426,26 @@ def _save_error_message(error: BaseException | None, final: Path, output_dir: Pa
     return f"{what} Nothing was left half-written. {kept}"
 
 
-def rotate_checkpoints(output_dir: Path, keep: int | None, keep_also: Path | None = None) -> None:
-    """Keep the newest ``keep`` complete checkpoints, and always ``keep_also`` (the one just saved, which after a
-    resume from an older checkpoint need not be the newest by step)."""
+def set_aside_other_run(final: Path, run_id: str | None, log=print) -> None:
+    """A checkpoint of another run (copied in) where this run is about to save the same step is renamed to
+    ``checkpoint-N.run-<its id>``, kept whole and no longer a checkpoint name, rather than deleted."""
+    if run_id is None or not final.is_dir() or (other := run_id_of(final)) in (None, run_id):
+        return
+    aside = final.with_name(f"{final.name}.run-{other}")
+    final.rename(aside)
+    log(f"{final} is a checkpoint of another run (run id {other}): kept as {aside}, and this run's step "
+        f"{checkpoint_step(final)} saved under the name")
+
+
+def rotate_checkpoints(output_dir: Path, keep: int | None, keep_also: Path | None = None,
+                       run_id: str | None = None) -> None:
+    """Keep the newest ``keep`` complete checkpoints of the run ``run_id`` (another run's, copied in, are not
+    this run's to delete), and always ``keep_also`` (the one just saved, which after a resume from an older
+    checkpoint need not be the newest by step)."""
     if keep is None or keep < 1:
         return
-    candidates = [path for _, path in list_checkpoints(output_dir) if path != keep_also]
+    candidates = [path for _, path in list_checkpoints(output_dir)
+                  if path != keep_also and (run_id is None or run_id_of(path) in (None, run_id))]
     for path in candidates[:max(0, len(candidates) - (keep - (keep_also is not None)))]:
         remove(path)
 

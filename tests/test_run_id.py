@@ -13,22 +13,32 @@ from modeling import report
 
 def test_latest_skips_a_checkpoint_of_another_run_copied_in(tmp_path, data_dir, capsys):
     other, ours = tmp_path / "other", tmp_path / "ours"
-    run(other, data_dir, max_steps=8, save_steps=4)  # another run: checkpoints 4 and 8
+    run(other, data_dir, max_steps=8, save_steps=2)  # another run: checkpoints 2, 4, 6 and 8
     run(ours, data_dir)  # ours: checkpoints 3 and 6
-    ours_id = ckpt.run_id_of(ours / "checkpoint-3")
-    assert ours_id and ckpt.run_id_of(ours / "checkpoint-6") == ours_id != ckpt.run_id_of(other / "checkpoint-8")
+    ours_id, other_id = ckpt.run_id_of(ours / "checkpoint-3"), ckpt.run_id_of(other / "checkpoint-8")
+    assert ours_id and ckpt.run_id_of(ours / "checkpoint-6") == ours_id != other_id
     shutil.rmtree(ours / "checkpoint-6")  # ours stopped after checkpoint-3 ...
-    shutil.copytree(other / "checkpoint-8", ours / "checkpoint-8")  # ... and the other run's newest was copied in
-    copied = {p.relative_to(ours): p.read_bytes() for p in (ours / "checkpoint-8").rglob("*") if p.is_file()}
+    for step in (6, 8):  # ... and the other run's newest two were copied in: one at a step ours will save again
+        shutil.copytree(other / f"checkpoint-{step}", ours / f"checkpoint-{step}")
+    copied = {p.relative_to(ours / "checkpoint-6"): p.read_bytes() for p in (ours / "checkpoint-6").rglob("*")
+              if p.is_file()}
+    copied_8 = {p.relative_to(ours): p.read_bytes() for p in (ours / "checkpoint-8").rglob("*") if p.is_file()}
     capsys.readouterr()
-    run(ours, data_dir, resume_from_checkpoint="latest")
+    # save_total_limit 1: the rotation after each save must not delete the other run's checkpoints either
+    run(ours, data_dir, resume_from_checkpoint="latest", save_total_limit=1)
     printed = capsys.readouterr().out
-    assert f"skipping {ours / 'checkpoint-8'}: a checkpoint of another run (run id " in printed, printed
+    for step in (8, 6):
+        assert f"skipping {ours / f'checkpoint-{step}'}: a checkpoint of another run (run id {other_id}" in printed
     assert f"resumed from {ours / 'checkpoint-3'} at step 3" in printed, printed
     assert ckpt.run_id_of(ours / "checkpoint-6") == ours_id  # kept across the resume
+    # Ours saved step 6 under its name; the other run's checkpoint-6 was set aside whole, not deleted.
+    aside = ours / f"checkpoint-6.run-{other_id}"
+    assert f"kept as {aside}" in printed, printed
+    assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == copied
+    assert not (ours / "checkpoint-3").exists()  # ours rotated (save_total_limit 1)
     assert json.loads((ours / "run_config.json").read_text())["run_id"] == ours_id
     sessions = json.loads((ours / report.RUN_INFO).read_text())["sessions"]
     assert [s["run_id"] for s in sessions] == [ours_id, ours_id] and [s["start_step"] for s in sessions] == [0, 3]
     # The card of the finished run is in its own last checkpoint; the other run's copy is left as it was.
     assert (ours / "checkpoint-6" / report.CARD).is_file()
-    assert {p.relative_to(ours): p.read_bytes() for p in (ours / "checkpoint-8").rglob("*") if p.is_file()} == copied
+    assert {p.relative_to(ours): p.read_bytes() for p in (ours / "checkpoint-8").rglob("*") if p.is_file()} == copied_8
