@@ -143,6 +143,17 @@ def check_data(report: Report, train_windows: int, seq_len: int, windows_per_ste
         report.warnings.append(f"the run repeats its data: {epochs:.2f} epochs of {train_windows * seq_len:,} tokens")
 
 
+def resume_step(config: TrainingConfig) -> tuple[int, Path | None]:
+    """The step the real run would start from, and the checkpoint it would resume (read-only: the sha256 check is
+    the real run's; a bad --resume_from_checkpoint path is its one-line error here too)."""
+    from modeling.checkpoint import find_checkpoint, read_train_state
+
+    if not config.resume_from_checkpoint:
+        return 0, None
+    found = find_checkpoint(config.output_dir, config.resume_from_checkpoint, log=lambda _: None, verify=False)
+    return (int(read_train_state(found).get("step", 0)), found) if found else (0, None)
+
+
 def project(config: TrainingConfig, timings: dict, events: dict, start_step: int = 0,
             now: datetime.datetime | None = None) -> dict:
     """Wall time of the whole run from one measurement of each part: start-up (to the built run), the first steps'
@@ -684,18 +695,22 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
                    headroom=f"{(headroom['host_available_mb'] or 0) - rss * (world - 1):,.0f} MB")
 
     # ---- time, disk, data ----
-    events = run_events(config, hellaswag_on)
-    projected = project(config, timings, events)
-    report.add("time", projected_wall_time=duration(projected["total_seconds"]),
+    start_step, resumed_from = resume_step(config)
+    events = run_events(config, hellaswag_on, start_step)
+    projected = project(config, timings, events, start_step)
+    report.add("time", steps=f"{start_step:,} -> {config.max_steps:,}"
+                             + (f" (resumed from {resumed_from})" if resumed_from else ""),
+               projected_wall_time=duration(projected["total_seconds"]),
                finishes_at=projected["finishes_at"],
                parts={k: duration(v) for k, v in projected["parts"].items()},
                each={"eval": duration(timings["eval"]), "save": duration(timings["save"]),
                      **({"hellaswag": duration(timings["hellaswag"])} if hellaswag_on else {})},
                counts=events)
     report.sections["time"]["total_seconds"] = round(projected["total_seconds"], 2)
+    report.sections["time"]["start_step"] = start_step
     check_disk(report, size[0], events["saves"], config.save_total_limit, config.output_dir)
     windows = len(run.train_data)
-    check_data(report, windows, config.seq_len, B * accum * world, config.max_steps)
+    check_data(report, windows, config.seq_len, B * accum * world, config.max_steps, start_step)
 
     # ---- fast paths ----
     fast = {}

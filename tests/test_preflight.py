@@ -289,6 +289,21 @@ def test_projected_wall_time_is_within_a_quarter_of_a_real_run(tmp_path, data_di
     assert abs(projected - wall) <= 0.25 * wall, (projected, wall, report["time"])
 
 
+@needs_training_run
+def test_a_resumed_run_is_projected_from_its_checkpoint(tmp_path, data_dir):
+    from conftest import run
+
+    run(tmp_path / "real", data_dir)  # checkpoints 3 and 6 (eval_steps 3, save_steps 3)
+    before = listing(tmp_path / "real")
+    done, report = preflight(tmp_path, data_dir, "max_steps", 12, "resume_from_checkpoint", "latest")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert report["time"]["start_step"] == 6
+    assert report["time"]["steps"] == f"6 -> 12 (resumed from {tmp_path / 'real' / 'checkpoint-6'})"
+    assert report["time"]["counts"] == {"evals": 2, "hellaswag": 0, "saves": 2}  # steps 9 and 12, not 3 ... 12
+    assert report["data"]["tokens_the_run_consumes"].split(" (")[1].startswith("6 steps"), report["data"]
+    assert listing(tmp_path / "real") == before
+
+
 # ---- every real run: the fast paths in one line at its start ----
 
 @needs_training_run
