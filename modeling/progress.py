@@ -49,6 +49,7 @@ class StatusLines:
         self.disable = False
         self.start = self.last_print = time.monotonic()
         self.closed = False
+        self._printed: tuple | None = None  # (n, postfix) of the last line printed
         self._lock = threading.Lock()  # updated from worker threads too (verify.py's pool)
 
     def __iter__(self):
@@ -84,7 +85,8 @@ class StatusLines:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._print(time.monotonic())
+            if self._printed != (self.n, self.postfix):  # the last update may have printed this very line
+                self._print(time.monotonic())
 
     def _print(self, now: float) -> None:
         elapsed = now - self.start
@@ -98,6 +100,7 @@ class StatusLines:
         if self.postfix:
             parts.append(self.postfix)
         print(" | ".join(parts), file=self.file or sys.stderr, flush=True)
+        self._printed = (self.n, self.postfix)
 
 
 def bar(iterable: Iterable | None = None, *, enabled: bool = True, force_bar: bool = False, **kwargs):
