@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import BPE_DIR, FINEWEB_SAMPLE, ROOT, make_data, run
+from helpers import BPE_DIR, FINEWEB_SAMPLE, ROOT, make_data, run
 
 from modeling import checkpoint as ckpt
 

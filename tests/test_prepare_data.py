@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import C4_SAMPLE, FINEWEB_SAMPLE, ROOT, needs_bpe, needs_c4, needs_fineweb
+from helpers import C4_SAMPLE, FINEWEB_SAMPLE, ROOT, needs_bpe, needs_c4, needs_fineweb
 from modeling import shards
 from modeling.prepare import OutputDirError, PrepareArguments, prepare_shards
 from modeling.sources import Source, SourceError
@@ -233,7 +233,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
 
 @needs_fineweb
 def test_a_real_full_disk_stops_in_one_line_and_the_rerun_continues_byte_identical(tmp_path):
-    from conftest import tmpfs
+    from helpers import tmpfs
 
     args = ["--source", str(FINEWEB_SAMPLE), "--shard-size", "100000", "--max-tokens", "1000000"]
     reference = tmp_path / "reference"

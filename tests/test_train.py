@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runs import crash_after_saving, straight_and_resumed, strip
-from conftest import (HELLASWAG_FILE, ROOT, TINY, cli, free_port, launch_cpu, needs_bpe, needs_fineweb,
+from helpers import (HELLASWAG_FILE, ROOT, TINY, cli, free_port, launch_cpu, needs_bpe, needs_fineweb,
                       needs_hellaswag, read_metrics, run)
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError, TrainingConfig, parse_training_config
