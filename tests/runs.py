@@ -27,7 +27,7 @@ def straight_and_resumed(tmp_path, data_dir, monkeypatch, crash_step: int, setti
                          **resume_overrides) -> tuple[list[dict], list[dict]]:
     """The metrics of a run straight through, and of the same run crashed after checkpoint-``crash_step`` and
     resumed from ``latest`` with ``resume_overrides`` (another micro-batch size, say)."""
-    from conftest import run
+    from helpers import run
 
     straight = run(tmp_path / "straight", data_dir, **settings)
     crash_after_saving(monkeypatch, step=crash_step)

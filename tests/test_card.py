@@ -4,7 +4,7 @@ leaves out what the run did not record."""
 import json
 import shutil
 
-from conftest import HELLASWAG_FILE
+from helpers import HELLASWAG_FILE
 from test_hub import run_cli
 from test_report import copy_run
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import HELLASWAG_FILE, ROOT, run
+from helpers import HELLASWAG_FILE, ROOT, run
 from runs import strip
 
 from modeling import checkpoint as ckpt

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import BPE_DIR, FINEWEB_SAMPLE, ROOT, cli, run
+from helpers import BPE_DIR, FINEWEB_SAMPLE, ROOT, cli, run
 
 pytestmark = pytest.mark.slow  # the old code's prepare and train run as processes (in the fixture)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import needs_bpe
+from helpers import needs_bpe
 from modeling import convert
 from modeling.convert import ConversionError
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from conftest import BPE_DIR, FINEWEB_SAMPLE, ROOT, make_data, run
+from helpers import BPE_DIR, FINEWEB_SAMPLE, ROOT, make_data, read_metrics, run
+from runs import strip
 
 from modeling import checkpoint as ckpt
 
@@ -79,5 +80,7 @@ def test_allow_data_change_resumes_logs_it_and_the_card_names_it(interrupted, ca
 def test_resuming_on_the_same_re_prepared_data_is_accepted(interrupted, capsys):
     out, data = interrupted
     _prepare_again(data, max_tokens=40_000, val_tokens=4_000)  # byte-identical shards: the same data
-    run(out, data, resume_from_checkpoint="latest")
-    assert "resumed from" in capsys.readouterr().out
+    before = read_metrics(out)  # steps 1-6 of the run before checkpoint-6 was removed
+    resumed = run(out, data, resume_from_checkpoint="latest")
+    assert f"resumed from {out / 'checkpoint-3'} at step 3" in capsys.readouterr().out
+    assert strip(resumed) == strip(before)  # steps 4-6 trained again on the same data: the same numbers

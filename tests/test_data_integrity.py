@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 
-from conftest import FINEWEB_SAMPLE, ROOT, needs_bpe, needs_fineweb, run
+from helpers import FINEWEB_SAMPLE, ROOT, needs_bpe, needs_fineweb, run
 from modeling import shards
 from modeling.prepare import PrepareArguments, prepare_shards
 from modeling.verify import DataIntegrityError, check_data_dir, verify_shards

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from runs import strip
-from conftest import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run, tmpfs
+from helpers import ROOT, TINY, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run, tmpfs
 from weights import assert_same_weights as same_weights
 from modeling import checkpoint as ckpt
 from modeling.config import ConfigError

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BPE_DIR, FINEWEB_SAMPLE, make_data, run
+from helpers import BPE_DIR, FINEWEB_SAMPLE, make_data, run
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_fp32_losses.json"
 DATA = dict(max_tokens=100_000, shard_size=50_000, val_tokens=10_000)
@@ -32,7 +32,7 @@ def test_golden_losses_of_a_tiny_fp32_run(tmp_path):
     records = run(tmp_path / "run", tmp_path / "data", **SETTINGS)
     losses = [r["loss"] for r in records if r.get("loss") is not None]
     if os.environ.get("GOLDEN_UPDATE"):
-        GOLDEN.write_text(json.dumps({"data": DATA, "settings": SETTINGS, "preset": "tests/conftest.py TINY",
+        GOLDEN.write_text(json.dumps({"data": DATA, "settings": SETTINGS, "preset": "tests/helpers.py TINY",
                                       "losses": losses}, indent=1) + "\n")
         pytest.skip(f"wrote {GOLDEN}")
     golden = json.loads(GOLDEN.read_text())

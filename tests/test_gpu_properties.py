@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import HELLASWAG_FILE, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
+from helpers import HELLASWAG_FILE, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
 
 pytestmark = [needs_bpe, needs_fineweb]
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FINEWEB_SAMPLE, HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, needs_hellaswag
+from helpers import FINEWEB_SAMPLE, HELLASWAG_FILE, ROOT, needs_bpe, needs_fineweb, needs_hellaswag
 from modeling import hellaswag as hs
 from modeling.hellaswag_data import example_from_row, lm_eval_clean, load_examples, render
 

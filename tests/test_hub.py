@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import torch
-from conftest import HELLASWAG_FILE
+from helpers import HELLASWAG_FILE
 
 import push_to_hub
 from modeling import hub, report
@@ -212,7 +212,7 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
     # What a kill -9 during a metrics.jsonl write leaves: the last line cut short, no newline.
     import subprocess
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

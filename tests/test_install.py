@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 # At least these; the test runs every console script the wheel declares.
 ENTRY_POINTS = ("gpt2-prepare-data", "gpt2-train", "gpt2-eval-hellaswag", "gpt2-val-loss", "gpt2-configs")

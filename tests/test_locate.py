@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import HELLASWAG_FILE, ROOT, free_port
+from helpers import HELLASWAG_FILE, ROOT, free_port
 from modeling import locate
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 from runs import crash_after_saving, straight_and_resumed, strip
-from conftest import ROOT, TINY, cli, launch_cpu, read_metrics, run
+from helpers import ROOT, TINY, cli, launch_cpu, read_metrics, run
 from safetensors.torch import load_file
 from weights import assert_same_weights
 

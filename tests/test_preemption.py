@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import HELLASWAG_FILE, ROOT, cli, needs_bpe, needs_fineweb, needs_hellaswag
+from helpers import HELLASWAG_FILE, ROOT, cli, needs_bpe, needs_fineweb, needs_hellaswag
 
 pytestmark = [needs_bpe, needs_fineweb, needs_hellaswag]
 

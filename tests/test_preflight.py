@@ -16,7 +16,7 @@ from modeling import preflight as pf
 from modeling.config import TrainingConfig
 from modeling.hardware import datasheet_peak
 
-from conftest import HELLASWAG_FILE, ROOT, TINY, cli, launch_cpu, make_data, tmpfs
+from helpers import HELLASWAG_FILE, ROOT, TINY, cli, launch_cpu, make_data, tmpfs
 
 
 # ---- the peak FLOP/s table: the strings torch.cuda.get_device_name gives ----
@@ -308,7 +308,7 @@ def test_a_resumed_run_is_projected_from_its_checkpoint(tmp_path, data_dir):
 
 @needs_training_run
 def test_a_real_run_prints_the_fast_path_line_at_its_start(tmp_path, data_dir, capsys):
-    from conftest import run
+    from helpers import run
 
     records = run(tmp_path / "run", data_dir, max_steps=2, save_steps=2)
     out = capsys.readouterr().out

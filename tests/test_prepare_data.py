@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import C4_SAMPLE, FINEWEB_SAMPLE, ROOT, needs_bpe, needs_c4, needs_fineweb
+from helpers import C4_SAMPLE, FINEWEB_SAMPLE, ROOT, needs_bpe, needs_c4, needs_fineweb
 from modeling import shards
 from modeling.prepare import OutputDirError, PrepareArguments, prepare_shards
 from modeling.sources import Source, SourceError
@@ -224,16 +224,9 @@ def test_hub_source_offline_fails_fast_with_advice(tmp_path):
         prepare("someone/some-dataset", tmp_path / "out")
 
 
-def test_cli_reports_errors_without_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "prepare_data.py", "--source", str(tmp_path / "missing"),
-                             "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "prepare_data.py: error:" in result.stderr and "no such file or directory" in result.stderr
-
-
 @needs_fineweb
 def test_a_real_full_disk_stops_in_one_line_and_the_rerun_continues_byte_identical(tmp_path):
-    from conftest import tmpfs
+    from helpers import tmpfs
 
     args = ["--source", str(FINEWEB_SAMPLE), "--shard-size", "100000", "--max-tokens", "1000000"]
     reference = tmp_path / "reference"

@@ -58,7 +58,8 @@ def test_a_long_run_plots_smoothed_loss_reference_lines_and_no_hellaswag(tmp_pat
         r["val_loss"] = r["loss"] + 0.05
     path = report.plot_eval(records, tmp_path / "eval.png", reference_val_loss=3.22, title="gpt2-124m")
     assert png_size(path)[0] > 1200
-    report.plot_lr(records, tmp_path / "lr.png", warmup_steps=715)
+    width, height = png_size(report.plot_lr(records, tmp_path / "lr.png", warmup_steps=715))
+    assert width > 800 and height > 400
 
 
 def test_wall_time_follows_the_chain_of_sessions_and_is_unknown_when_a_link_is_missing():

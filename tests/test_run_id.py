@@ -5,7 +5,7 @@ output_dir (it names and skips it), and the card is written into the run's own c
 import json
 import shutil
 
-from conftest import run
+from helpers import run
 
 from modeling import checkpoint as ckpt
 from modeling import report

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, cli, needs_bpe, needs_fineweb
+from helpers import ROOT, cli, needs_bpe, needs_fineweb
 
 pytestmark = [needs_bpe, needs_fineweb]
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPT = ROOT / "examples" / "slurm" / "train-124m.sbatch"
 
