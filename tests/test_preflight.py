@@ -291,7 +291,7 @@ def test_projected_wall_time_is_within_a_quarter_of_a_real_run(tmp_path, data_di
 
 @needs_training_run
 def test_a_resumed_run_is_projected_from_its_checkpoint(tmp_path, data_dir):
-    from conftest import run
+    from helpers import run
 
     run(tmp_path / "real", data_dir)  # checkpoints 3 and 6 (eval_steps 3, save_steps 3)
     before = listing(tmp_path / "real")
