@@ -37,6 +37,8 @@ from pathlib import Path
 from modeling.config import ConfigError
 from modeling.files import FileFormatError, read_json
 from modeling.progress import drop_library_message
+# The file names (and the checkpoint-N parser) are run_files': one spelling for every module that reads them.
+from modeling.run_files import MARKER, METRICS, MODEL_CONFIG, RUN_CONFIG, STATE_DIR, TRAIN_STATE, checkpoint_step
 from modeling.run_lock import hold_run_lock
 from modeling.shards import fsync_path
 
@@ -45,15 +47,10 @@ from modeling.shards import fsync_path
 # (the model re-ties it; the resume tests check the weights), so the warning tells a user nothing to act on.
 drop_library_message("accelerate.utils.other", "Removed shared tensor {'lm_head.weight'} while saving")
 
-STATE_DIR = "training_state"
-RUN_CONFIG = "run_config.json"
-TRAIN_STATE = "train_state.json"
-MARKER = "complete.json"
 # The layout of a checkpoint, recorded in its marker. Bump it when a change makes older code unable to resume a new
 # checkpoint (or this code unable to resume an old one without a migration here); tests/test_golden.py::
 # test_compat_* resumes a checkpoint written by an earlier commit. Markers written before this field are format 1.
 FORMAT = 1
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER = re.compile(r"^checkpoint-\d+\.(tmp|trash)(-[0-9a-f]+)?$")
 
 
@@ -144,12 +141,6 @@ def incomplete_reason(path: Path) -> str | None:
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size:,} bytes, the marker says {size:,}"
     return None
-
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """N of a ``checkpoint-N`` folder, None for any other name (the one parser of the folder name)."""
-    m = _NAME.match(Path(path).name)
-    return int(m.group(1)) if m else None
 
 
 def _named(output_dir: Path) -> list[tuple[int, Path]]:
@@ -263,7 +254,7 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, 
 def resolve_model_dir(path: str | Path) -> str:
     """A Transformers folder as given, or for a run's output_dir its newest complete checkpoint."""
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").exists() and (newest := newest_checkpoint(path)):
+    if path.is_dir() and not (path / MODEL_CONFIG).exists() and (newest := newest_checkpoint(path)):
         return str(newest)
     return str(path)
 
@@ -464,7 +455,7 @@ def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | N
                         "latest, pick another --output_dir, or pass --overwrite_output_dir.")
                 for _, path in existing:
                     remove(path)
-                (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (output_dir / METRICS).unlink(missing_ok=True)
             decision[0] = None if resume is None else str(resume)
         except (ConfigError, OSError) as e:
             decision[1] = str(e)

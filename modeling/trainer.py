@@ -23,18 +23,18 @@ from modeling.data import TimedBatches, TokenWindows, endless_batches, train_loa
 from modeling.data_identity import check_resume as check_data
 from modeling.data_identity import data_identity
 from modeling.faults import EvaluationInterrupted, StopSignals, check_step, refuse_nonfinite_weights, skip_or_stop
-from modeling.files import write_json_atomic
 from modeling.hardware import peak_flops
 from modeling.hellaswag import examples_for_training, score_hellaswag
 from modeling.lm_loss import CausalLMForTraining
 from modeling.memory import peak_memory_since_last
 from modeling.model import build_training_model, flops_per_token, load_model_config, num_params, sample_texts
-from modeling.optimizer import build_optimizer
+from modeling.optimizer import build_optimizer, logged_lrs
 from modeling.preflight import fast_path_summary
 from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import show_record
-from modeling.report import MetricsLog, RunInfo, finish_run
+from modeling.report import finish_run
+from modeling.run_files import MetricsLog, RunInfo, write_run_config
 from modeling.run_lock import release_run_lock
 from modeling.tokenizer import get_hf_tokenizer
 from modeling.val_loss import bits_per_byte, evaluate_loss, val_set
@@ -48,7 +48,7 @@ class StepResult:
     started: float  # perf_counter at the step's start
     loss_sum: torch.Tensor  # sum of the micro-batch losses (on the device: read only when logged)
     grad_norm: torch.Tensor | float | None
-    lr: float
+    lrs: dict  # optimizer.logged_lrs: lr, and muon_lr under optimizer: muon
     finite: bool  # False: the step was skipped (--skip_nonfinite_steps)
     stop: bool  # a stop signal on any process
 
@@ -110,7 +110,7 @@ class TrainingRun:
         # Command line, git commit, versions, hardware: at the top of output_dir and in every checkpoint (not compared).
         self.run_config["environment"] = run_record.environment(self.accelerator)
         if self.accelerator.is_main_process:
-            write_json_atomic(self.output_dir / "run_config.json", self.run_config)
+            write_run_config(self.output_dir, self.run_config)
 
     def _build_model(self) -> None:
         # `model` stays the plain GPT2LMHeadModel (sampling, HellaSwag, export); `train_model` shares its modules
@@ -139,7 +139,7 @@ class TrainingRun:
 
     def _start_records(self) -> None:
         config, accelerator = self.config, self.accelerator
-        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", accelerator.is_main_process, self.state.step)
+        self.metrics = MetricsLog(self.output_dir, accelerator.is_main_process, self.state.step)
         # Hardware and wall time per session, for the model card.
         self.run_info = RunInfo.start(self.output_dir, accelerator, self.state.step, self.run_config["environment"],
                                       config.data_dir, self.run_config["run_id"])
@@ -217,7 +217,7 @@ class TrainingRun:
         grad_norm = global_norm(accelerator.clip_grad_norm_(self.prepared.parameters(), self.clip))
         # One host sync per step, not per micro-batch: finite loss and norm, and a stop signal on any process.
         finite, stop = check_step(accelerator, loss_sum, grad_norm, self.signals.requested is not None)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lrs = logged_lrs(self.optimizer, self.config)
         if finite:
             self.optimizer.step()
         else:  # raises unless --skip_nonfinite_steps allows skipping this bad batch
@@ -227,7 +227,7 @@ class TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.tokens_seen += self.tokens_per_step
-        return StepResult(started, loss_sum, grad_norm, lr, finite, stop)
+        return StepResult(started, loss_sum, grad_norm, lrs, finite, stop)
 
     def evaluate(self, val: bool, hellaswag_now: bool) -> dict:
         """Val loss (+ bits per byte, samples) and/or in-loop HellaSwag. A stop signal gives them up between batches:
@@ -263,7 +263,7 @@ class TrainingRun:
         """The step's numbers: loss (averaged over processes), LR, gradient norm, speed, data wait, peak memory."""
         loss_avg = self.accelerator.reduce(step.loss_sum / self.accum, "mean").item()  # waits for the step to finish
         seconds = time.perf_counter() - step.started
-        record = {"step": self.state.step, "loss": loss_avg, "lr": step.lr,
+        record = {"step": self.state.step, "loss": loss_avg, **step.lrs,
                   "grad_norm": None if step.grad_norm is None else float(step.grad_norm),
                   "tokens": self.state.tokens_seen, "step_seconds": seconds,
                   "tokens_per_second": self.tokens_per_step / seconds,
