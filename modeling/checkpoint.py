@@ -347,15 +347,14 @@ def _without_frames(error: BaseException) -> BaseException:
     return error
 
 
-def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_config, tokenizer, run_config: dict,
+def save_checkpoint(accelerator, model, output_dir: Path, step: int, export, tokenizer, run_config: dict,
                     train_state: dict, save_total_limit: int | None = None) -> Path:
     """Save on every process (each writes its share of the state); the main process writes the Transformers
-    folder, marks the checkpoint complete once every process is done, and renames it into place.
+    folder (``export``: a plain state dict -> the model to save_pretrained, model.export_model for the run),
+    marks the checkpoint complete once every process is done, and renames it into place.
 
     On any failure (a full disk, most often) no process hangs and nothing incomplete is left under a
     checkpoint's name; every process raises CheckpointSaveError."""
-    from modeling.model import export_model
-
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f"checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists():
@@ -370,7 +369,7 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
         state_dict = accelerator.get_state_dict(model, unwrap=False)
         if accelerator.is_main_process:
             state_dict = {plain_key(k): v for k, v in state_dict.items()}
-            export_model(state_dict, model_config, vocab_size=len(tokenizer)).save_pretrained(tmp)
+            export(state_dict).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / STATE_DIR / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
             (tmp / STATE_DIR / TRAIN_STATE).write_text(json.dumps(train_state, indent=2) + "\n")

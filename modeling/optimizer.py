@@ -212,3 +212,10 @@ def logged_lrs(optimizer: torch.optim.Optimizer, config: TrainingConfig) -> dict
         muon = groups[-1]  # AdamW's groups come first; each Muon group is scheduled by the same factor
         lrs["muon_lr"] = config.muon_learning_rate * muon["lr"] / muon["initial_lr"] if muon["initial_lr"] else 0.0
     return lrs
+
+
+def fused_adamw(optimizer) -> bool:
+    """Whether every AdamW parameter group runs the fused kernel (Muon's own groups carry no such flag)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    groups = [g for g in inner.param_groups if "fused" in g]
+    return bool(groups) and all(g["fused"] for g in groups)

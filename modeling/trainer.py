@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,13 +24,12 @@ from modeling.data import TimedBatches, TokenWindows, endless_batches, train_loa
 from modeling.data_identity import check_resume as check_data
 from modeling.data_identity import data_identity
 from modeling.faults import EvaluationInterrupted, StopSignals, check_step, refuse_nonfinite_weights, skip_or_stop
-from modeling.hardware import peak_flops
+from modeling.hardware import fast_path_summary, peak_flops
 from modeling.hellaswag import examples_for_training, score_hellaswag
 from modeling.lm_loss import CausalLMForTraining
 from modeling.memory import peak_memory_since_last
-from modeling.model import build_training_model, flops_per_token, load_model_config, num_params, sample_texts
+from modeling.model import build_training_model, export_model, flops_per_token, load_model_config, num_params, sample_texts
 from modeling.optimizer import build_optimizer, logged_lrs
-from modeling.preflight import fast_path_summary
 from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import show_record
@@ -284,7 +284,8 @@ class TrainingRun:
         state = self.state  # an update that blew the weights up stops the run: they are never saved
         refuse_nonfinite_weights(self.accelerator, self.model, state.step, self.output_dir, state.skipped_steps,
                                  self.config.skip_nonfinite_steps)
-        saved = ckpt.save_checkpoint(self.accelerator, self.prepared, self.output_dir, state.step, self.model_config,
+        export = partial(export_model, config=self.model_config, vocab_size=len(self.tokenizer))  # GPT-2's shapes
+        saved = ckpt.save_checkpoint(self.accelerator, self.prepared, self.output_dir, state.step, export,
                                      self.tokenizer, self.run_config, state.state_dict(), self.config.save_total_limit)
         self.run_info.saved(state.step)
         return saved
