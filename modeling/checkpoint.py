@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from modeling.config import ConfigError
+from modeling.data_identity import check_resume as check_data
+from modeling.data_identity import data_identity
 from modeling.files import FileFormatError, read_json
 from modeling.progress import drop_library_message
 # The file names (and the checkpoint-N parser) are run_files': one spelling for every module that reads them.
@@ -464,6 +466,20 @@ def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | N
     if decision[1]:
         raise ConfigError(decision[1])
     return None if decision[0] is None else Path(decision[0])
+
+
+def start_or_resume(accelerator, config, run_config: dict) -> Path | None:
+    """decide_resume for ``config`` (a TrainingConfig), and the run's record completed in ``run_config``: its id (new
+    at the first start, kept across resumes) and the data it trains on. A resume that would be another run is
+    refused: other settings (check_same_run) or other data (data_identity.check_resume, unless allow_data_change)."""
+    resume = decide_resume(accelerator, Path(config.output_dir), config.resume_from_checkpoint,
+                           config.overwrite_output_dir, verify=not config.skip_checksum)
+    run_config["run_id"] = run_id_for(resume)
+    run_config["data"] = data_identity(config.data_dir)  # the shards trained on: other data is refused
+    if resume is not None:
+        check_same_run(resume, run_config, config)
+        check_data(resume, read_run_config(resume), run_config, config.allow_data_change, accelerator.print)
+    return resume
 
 
 def _check_shared_filesystem(accelerator, output_dir: Path) -> None:

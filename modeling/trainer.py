@@ -19,13 +19,11 @@ from tqdm.auto import tqdm
 from modeling import checkpoint as ckpt
 from modeling import run_record, schedule
 from modeling.backends import configure_backend, end_training, global_norm, training_accelerator
-from modeling.config import ConfigError, TrainingConfig
+from modeling.config import TrainingConfig
 from modeling.data import TimedBatches, TokenWindows, endless_batches, train_loader_for
-from modeling.data_identity import check_resume as check_data
-from modeling.data_identity import data_identity
 from modeling.faults import EvaluationInterrupted, StopSignals, check_step, refuse_nonfinite_weights, skip_or_stop
 from modeling.hardware import fast_path_summary, peak_flops
-from modeling.hellaswag import examples_for_training, score_hellaswag
+from modeling.hellaswag import InLoopHellaSwag
 from modeling.lm_loss import CausalLMForTraining
 from modeling.memory import peak_memory_since_last
 from modeling.model import build_training_model, export_model, flops_per_token, load_model_config, num_params, sample_texts
@@ -85,28 +83,16 @@ class TrainingRun:
         # Unfinished preparation, missing or damaged shards (with verify_data, every sha256 and token id): refused.
         check_data_dir(config.data_dir, config.verify_data, config.allow_incomplete_data, log=self.accelerator.print)
         self.train_data = TokenWindows(config.data_dir, "train", config.seq_len)
-        check_model_fits_data(config.data_dir, config.seq_len, self.model_config.n_positions,
-                              self.model_config.vocab_size, model_name=config.model_config, windows=self.train_data)
-        if len(self.train_data) < B * self.world:
-            raise ConfigError(f"{config.data_dir}: {len(self.train_data)} training windows of {config.seq_len + 1} "
-                              f"tokens, fewer than one batch ({B} x {self.world} processes). Prepare more data or "
-                              "lower the batch size.")
+        check_model_fits_data(config.data_dir, config.seq_len, self.model_config.n_positions, self.model_config.vocab_size,
+                              model_name=config.model_config, windows=self.train_data, batch=(B, self.world))
         self.tokenizer = get_hf_tokenizer(config.bpe_dir, model_max_length=self.model_config.n_positions)
         self.tokens_per_step = B * config.seq_len * self.accum * self.world
 
     def _decide_resume(self) -> None:
-        config = self.config
-        self.run_config = run_record.run_config(config, self.world, self.accum, self.model_config)
-        self.output_dir = Path(config.output_dir)
-        # Decided once on the main process and broadcast: every process resumes from the same checkpoint.
-        self.resume_from = ckpt.decide_resume(self.accelerator, self.output_dir, config.resume_from_checkpoint,
-                                              config.overwrite_output_dir, verify=not config.skip_checksum)
-        self.run_config["run_id"] = ckpt.run_id_for(self.resume_from)  # new at the first start, kept across resumes
-        self.run_config["data"] = data_identity(config.data_dir)  # the shards trained on: other data is refused
-        if self.resume_from is not None:
-            ckpt.check_same_run(self.resume_from, self.run_config, config)
-            check_data(self.resume_from, ckpt.read_run_config(self.resume_from), self.run_config,
-                       config.allow_data_change, self.accelerator.print)
+        self.output_dir = Path(self.config.output_dir)
+        self.run_config = run_record.run_config(self.config, self.world, self.accum, self.model_config)
+        # Decided once on the main process and broadcast; a resume that would be another run is refused.
+        self.resume_from = ckpt.start_or_resume(self.accelerator, self.config, self.run_config)
         # Command line, git commit, versions, hardware: at the top of output_dir and in every checkpoint (not compared).
         self.run_config["environment"] = run_record.environment(self.accelerator)
         if self.accelerator.is_main_process:
@@ -149,10 +135,7 @@ class TrainingRun:
         self.peak = peak_flops(self.device, config.bf16, config.peak_flops)
         # Sampling and in-loop HellaSwag run the unwrapped model: that needs a whole copy on every process (DDP).
         self.whole_model = accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        self.hellaswag = examples_for_training(config, accelerator) if config.hellaswag_steps and self.whole_model else None
-        if config.hellaswag_steps and not self.whole_model:
-            accelerator.print("in-loop HellaSwag is off under FSDP/DeepSpeed; run eval_hellaswag.py on the checkpoints")
-        self.scoring_path: str | None = None  # which path the HellaSwag scorer's self-check allowed (printed once)
+        self.hellaswag = InLoopHellaSwag.for_run(config, accelerator, self.whole_model)
         # Preemption: SIGTERM/SIGINT set this; the loop saves at the step's end, and evaluations ask it between batches.
         self.signals = StopSignals(accelerator.process_index)
         # max_grad_norm 0 means no clipping; the norm is still computed (an infinite bound scales nothing) and logged.
@@ -250,13 +233,7 @@ class TrainingRun:
                                          config.sample_max_new_tokens, config.seed + self.state.step):
                     tqdm.write(f"[step {self.state.step}] {text!r}")
         if hellaswag_now:
-            scored = score_hellaswag(plain, self.tokenizer, self.hellaswag, accelerator=self.accelerator,
-                                     should_stop=stop_requested)
-            if self.scoring_path is None:
-                self.scoring_path = scored.path
-                self.accelerator.print(f"hellaswag: scoring path: {scored.path}")
-            result["hellaswag"] = scored.metrics["nanogpt"]["acc_norm"]  # the reference run's number (completion)
-            result["hellaswag_lm_eval"] = scored.metrics["lm-eval"]["acc_norm"]
+            result |= self.hellaswag.score(plain, self.tokenizer, should_stop=stop_requested)
         return result
 
     def step_record(self, step: StepResult) -> dict:
