@@ -6,7 +6,7 @@
 
 What is uploaded is chosen by name (an allow-list), so optimizer state, RNG states and ``training_state/`` can never
 leave the machine: the Transformers files (config, weights, generation config, tokenizer), the model card
-(README.md) and its plots, built afresh from the run's files (modeling/report.py), eval_hellaswag.py's recorded
+(README.md) and its plots, built afresh from the run's files (modeling/report.py, from run_files.RunFacts), eval_hellaswag.py's recorded
 results, and the run's metrics.jsonl up to this checkpoint.
 """
 

@@ -236,6 +236,22 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
         assert f"{log}, line 3: not JSON" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_a_push_and_a_report_read_the_runs_files_once(tiny_run, tmp_path, monkeypatch, capsys):
+    """One RunFacts per command: the card, the plots and the uploaded log come from one read of metrics.jsonl."""
+    from modeling import report
+
+    reads = []
+    real = run_files.read_jsonl
+    monkeypatch.setattr(run_files, "read_jsonl", lambda path, quiet=False: reads.append(path) or real(path, quiet))
+    hub.stage(tiny_run / "checkpoint-6", tmp_path / "up", repo_id="someone/tiny")
+    assert reads == [tiny_run / run_files.METRICS]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    reads.clear()
+    report.main([str(run)])
+    assert reads == [run / run_files.METRICS] and f"wrote {run / 'checkpoint-6' / run_files.CARD}" in capsys.readouterr().out
+
+
 def test_staging_copies_only_the_checkpoints_own_files(tiny_run, tmp_path, capsys):
     checkpoint = tmp_path / "checkpoint-6"
     shutil.copytree(tiny_run / "checkpoint-6", checkpoint)

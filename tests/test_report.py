@@ -62,6 +62,20 @@ def test_a_long_run_plots_smoothed_loss_reference_lines_and_no_hellaswag(tmp_pat
     plots.plot_lr(records, tmp_path / "lr.png", warmup_steps=715)
 
 
+def test_under_muon_the_lr_plot_draws_both_optimizers_lr(tmp_path, monkeypatch):
+    plt = plots._pyplot()
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at what was drawn
+    records = [{"step": s, "lr": 3e-3 * min(1, s / 2), "muon_lr": 0.02 * min(1, s / 2)} for s in range(1, 6)]
+    plots.plot_lr(records, tmp_path / "lr.png", warmup_steps=2)
+    lines = {line.get_label(): list(line.get_ydata()) for line in figures[0].axes[0].get_lines()}
+    adamw = next(v for k, v in lines.items() if k.startswith("learning rate used by AdamW"))
+    muon = next(v for k, v in lines.items() if k.startswith("learning rate used by Muon"))
+    assert adamw == [r["lr"] for r in records] and muon == [r["muon_lr"] for r in records]
+    plots.plot_lr([{k: v for k, v in r.items() if k != "muon_lr"} for r in records], tmp_path / "lr.png")
+    assert [line.get_label() for line in figures[1].axes[0].get_lines()] == ["learning rate used"]  # AdamW alone
+
+
 def test_wall_time_follows_the_chain_of_sessions_and_is_unknown_when_a_link_is_missing():
     sessions = [{"start_step": 0, "checkpoints": {"100": 60.0, "200": 125.0}},  # pre-empted after step 200
                 {"start_step": 200, "checkpoints": {"300": 70.0}}]
