@@ -40,7 +40,8 @@ from modeling.data_identity import data_identity
 from modeling.files import FileFormatError, read_json
 from modeling.progress import drop_library_message
 # The file names (and the checkpoint-N parser) are run_files': one spelling for every module that reads them.
-from modeling.run_files import MARKER, METRICS, MODEL_CONFIG, RUN_CONFIG, STATE_DIR, TRAIN_STATE, checkpoint_step
+from modeling.run_files import (MARKER, METRICS, MODEL_CONFIG, RUN_CONFIG, STATE_DIR, TRAIN_STATE, checkpoint_name,
+                                checkpoint_step)
 from modeling.run_lock import hold_run_lock
 from modeling.shards import fsync_path
 
@@ -357,8 +358,8 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, export, tok
 
     On any failure (a full disk, most often) no process hangs and nothing incomplete is left under a
     checkpoint's name; every process raises CheckpointSaveError."""
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f"checkpoint-{step}.tmp"
+    final = output_dir / checkpoint_name(step)
+    tmp = output_dir / f"{checkpoint_name(step)}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()

@@ -17,8 +17,7 @@ from typing import Iterator
 import torch
 
 from modeling.config import parse_steps
-
-PROFILE_DIR = "profile"
+from modeling.run_files import PROFILE_DIR
 
 
 class StepProfiler:

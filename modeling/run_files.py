@@ -5,7 +5,8 @@
       metrics.jsonl                    METRICS: one JSON object per logged step (MetricsLog writes, read_metrics reads)
       run_info.json                    RUN_INFO: hardware and wall time of each training session (RunInfo)
       eval.png  lr_schedule.png        PLOTS (modeling/plots.py)
-      checkpoint-N/                    checkpoint_step() reads N; modeling/checkpoint.py owns the folder
+      .run.lock  profile/              RUN_LOCK (modeling/run_lock.py), PROFILE_DIR (modeling/profiling.py)
+      checkpoint-N/                    checkpoint_name(N), checkpoint_step() reads N; modeling/checkpoint.py owns the folder
         config.json  model.safetensors ...   MODEL_CONFIG, WEIGHTS: the Transformers files
         README.md                      CARD: the model card (modeling/card.py), with its own copy of the plots
         hellaswag_results.json         HELLASWAG_RESULTS: eval_hellaswag.py's results (record_hellaswag_result)
@@ -43,8 +44,14 @@ EVAL_PNG = "eval.png"
 LR_PNG = "lr_schedule.png"
 PLOTS = (EVAL_PNG, LR_PNG)
 MANIFEST = "manifest.json"
+RUN_LOCK = ".run.lock"  # held by the live run (modeling/run_lock.py)
+PROFILE_DIR = "profile"  # --profile_steps traces, --memory_snapshot dumps (modeling/profiling.py)
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step}"
 
 
 def checkpoint_step(path: str | Path) -> int | None:
