@@ -6,7 +6,7 @@
 Uploads the Transformers files (config, weights, tokenizer), README.md (the model card), eval.png,
 lr_schedule.png, eval_hellaswag.py's recorded results and the metrics log; never optimizer state, RNG states or
 training_state/. The token comes from HF_TOKEN or `hf auth login` and is never printed. The logic is in
-modeling/hub.py (upload) and modeling/report.py (card and plots).
+modeling/hub.py (upload), modeling/report.py (card and plots) and modeling/run_files.py (the run's files).
 """
 
 from __future__ import annotations

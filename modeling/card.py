@@ -2,23 +2,20 @@
 
 Sections: metadata (license, datasets, pipeline_tag, tags, model-index with each result named with its convention
 and the data it was measured on), architecture, the training recipe as run, results, the plots, how the numbers
-were produced, usage. The facts come from ``report.RunFacts`` (the run's own files); a section or row whose facts
+were produced, usage. The facts come from ``run_files.RunFacts`` (the run's own files); a section or row whose facts
 are absent is left out, never filled in.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from modeling.report import (
+from modeling.hellaswag_data import PUBLISHED_REFERENCES
+from modeling.run_files import (
     EVAL_PNG,
-    HELLASWAG_REFERENCES,
     LR_PNG,
     RunFacts,
-    _fmt_count,
-    _hellaswag_data_name,
-    _param_count,
+    fmt_count,
     headline_evaluation,
+    hellaswag_data_name,
     is_full_set,
     wall_time_to,
 )
@@ -70,7 +67,7 @@ def model_index(facts: RunFacts, hub_dataset: str | None) -> list:
     # config, or every evaluation would be listed under the first one's name. The headline comes first.
     headline = headline_evaluation(facts.evaluations)
     for entry in sorted(facts.evaluations, key=lambda e: e is not headline):
-        data = _hellaswag_data_name(entry.get("data_file"))
+        data = hellaswag_data_name(entry.get("data_file"))
         split = "validation" if is_full_set(entry) else f"validation[{entry['offset']}:{entry['offset'] + entry['n']}]"
         for key, label in (("nanogpt", "nanogpt convention, our scorer"), ("lm-eval", "lm-eval convention, our scorer"),
                            ("harness", "lm-evaluation-harness")):
@@ -97,7 +94,7 @@ def model_index(facts: RunFacts, hub_dataset: str | None) -> list:
 def _intro(facts: RunFacts, name: str, n_params: int | None) -> list[str]:
     c = facts.config
     lines = [f"# {name}", ""]
-    desc = f"A GPT-2 ({_fmt_count(n_params)} parameters)" if n_params else "A GPT-2"
+    desc = f"A GPT-2 ({fmt_count(n_params)} parameters)" if n_params else "A GPT-2"
     desc += " language model trained from scratch with gpt2-hf (the stock `GPT2LMHeadModel`"
     desc += ", an Accelerate training loop"
     desc += f", tokens from {facts.data['text']}" if facts.data else ""
@@ -106,7 +103,7 @@ def _intro(facts: RunFacts, name: str, n_params: int | None) -> list[str]:
     if tokens and facts.step:
         desc += f" This is step {facts.step:,}"
         desc += f" of {c['max_steps']:,}" if c.get("max_steps") else ""
-        desc += f", after {_fmt_count(tokens)} training tokens."
+        desc += f", after {fmt_count(tokens)} training tokens."
     lines += [desc, ""]
     lines += ["It is a base model (next-token prediction only): no instruction tuning, no safety filtering; "
               "it continues text, and can state false things fluently.", ""]
@@ -221,7 +218,7 @@ def _results(facts: RunFacts) -> list[str]:
                   "| scorer | convention | acc | acc_norm | examples | data |", "|---|---|---|---|---|---|"]
         headline = headline_evaluation(facts.evaluations)
         for entry in sorted(facts.evaluations, key=lambda e: e is not headline):
-            data = _hellaswag_data_name(entry.get("data_file"))
+            data = hellaswag_data_name(entry.get("data_file"))
             n = f"{entry['n']:,} from offset {entry['offset']}" + (" (headline)" if entry is headline and len(facts.evaluations) > 1 else "")
             for key, scorer, convention in (("nanogpt", "ours", "nanogpt"), ("lm-eval", "ours", "lm-eval"),
                                             ("harness", "lm-evaluation-harness", "lm-eval")):
@@ -246,7 +243,7 @@ def _results(facts: RunFacts) -> list[str]:
                   + ".", ""]
     if facts.evaluations or in_loop is not None:
         lines += ["For comparison (published, acc_norm): " + "; ".join(f"{label} {value:.2f}%" for label, value, _ in
-                                                                       HELLASWAG_REFERENCES) + ". Chance is 25%.", ""]
+                                                                       PUBLISHED_REFERENCES) + ". Chance is 25%.", ""]
 
     if facts.records:
         lines += ["## Training curves", "", f"![Loss and HellaSwag against steps]({EVAL_PNG})", "",
@@ -286,15 +283,14 @@ def _usage(where: str) -> list[str]:
             f"python eval_hellaswag.py --model {where} --backend both", "```", ""]
 
 
-def build_model_card(checkpoint: str | Path, *, repo_id: str | None = None, output_dir: str | Path | None = None,
-                     license: str = "mit", dataset_id: str | None = None, model_name: str | None = None):
-    """A ``huggingface_hub.ModelCard`` for ``checkpoint``, from the run's own files.
+def build_model_card(facts: RunFacts, *, repo_id: str | None = None, license: str = "mit",
+                     dataset_id: str | None = None, model_name: str | None = None):
+    """A ``huggingface_hub.ModelCard`` of the checkpoint ``facts`` describe (run_files.RunFacts).
 
     ``repo_id`` goes into the usage lines (default: a placeholder path); ``dataset_id`` names the training data in
     the metadata when the shards were made from local files."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    facts = RunFacts(checkpoint, output_dir)
     name = model_name or (repo_id.split("/")[-1] if repo_id else facts.config.get("run_name") or facts.checkpoint.name)
     hub_dataset = dataset_id or (facts.data or {}).get("hub_id")
     eval_results = model_index(facts, hub_dataset)
@@ -303,7 +299,6 @@ def build_model_card(checkpoint: str | Path, *, repo_id: str | None = None, outp
         datasets=[hub_dataset] if hub_dataset else None,
         tags=["gpt2", "causal-lm", "text-generation", "pretrained-from-scratch", "gpt2-hf"],
         model_name=name, eval_results=eval_results or None)
-    n_params = _param_count(facts.checkpoint)
-    lines = (_intro(facts, name, n_params) + _architecture(facts.model_config, n_params) + _training(facts)
-             + _results(facts) + _method(facts) + _usage(repo_id or "path/to/this/folder"))
+    lines = (_intro(facts, name, facts.n_params) + _architecture(facts.model_config, facts.n_params)
+             + _training(facts) + _results(facts) + _method(facts) + _usage(repo_id or "path/to/this/folder"))
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -35,8 +35,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from modeling.config import ConfigError
+from modeling.data_identity import check_resume as check_data
+from modeling.data_identity import data_identity
 from modeling.files import FileFormatError, read_json
 from modeling.progress import drop_library_message
+# The file names (and the checkpoint-N parser) are run_files': one spelling for every module that reads them.
+from modeling.run_files import (MARKER, METRICS, MODEL_CONFIG, RUN_CONFIG, STATE_DIR, TRAIN_STATE, checkpoint_name,
+                                checkpoint_step)
 from modeling.run_lock import hold_run_lock
 from modeling.shards import fsync_path
 
@@ -45,15 +50,10 @@ from modeling.shards import fsync_path
 # (the model re-ties it; the resume tests check the weights), so the warning tells a user nothing to act on.
 drop_library_message("accelerate.utils.other", "Removed shared tensor {'lm_head.weight'} while saving")
 
-STATE_DIR = "training_state"
-RUN_CONFIG = "run_config.json"
-TRAIN_STATE = "train_state.json"
-MARKER = "complete.json"
 # The layout of a checkpoint, recorded in its marker. Bump it when a change makes older code unable to resume a new
 # checkpoint (or this code unable to resume an old one without a migration here); tests/test_golden.py::
 # test_compat_* resumes a checkpoint written by an earlier commit. Markers written before this field are format 1.
 FORMAT = 1
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER = re.compile(r"^checkpoint-\d+\.(tmp|trash)(-[0-9a-f]+)?$")
 
 
@@ -144,12 +144,6 @@ def incomplete_reason(path: Path) -> str | None:
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size:,} bytes, the marker says {size:,}"
     return None
-
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """N of a ``checkpoint-N`` folder, None for any other name (the one parser of the folder name)."""
-    m = _NAME.match(Path(path).name)
-    return int(m.group(1)) if m else None
 
 
 def _named(output_dir: Path) -> list[tuple[int, Path]]:
@@ -263,7 +257,7 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, 
 def resolve_model_dir(path: str | Path) -> str:
     """A Transformers folder as given, or for a run's output_dir its newest complete checkpoint."""
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").exists() and (newest := newest_checkpoint(path)):
+    if path.is_dir() and not (path / MODEL_CONFIG).exists() and (newest := newest_checkpoint(path)):
         return str(newest)
     return str(path)
 
@@ -356,17 +350,16 @@ def _without_frames(error: BaseException) -> BaseException:
     return error
 
 
-def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_config, tokenizer, run_config: dict,
+def save_checkpoint(accelerator, model, output_dir: Path, step: int, export, tokenizer, run_config: dict,
                     train_state: dict, save_total_limit: int | None = None, log=print) -> Path:
     """Save on every process (each writes its share of the state); the main process writes the Transformers
-    folder, marks the checkpoint complete once every process is done, and renames it into place.
+    folder (``export``: a plain state dict -> the model to save_pretrained, model.export_model for the run),
+    marks the checkpoint complete once every process is done, and renames it into place.
 
     On any failure (a full disk, most often) no process hangs and nothing incomplete is left under a
     checkpoint's name; every process raises CheckpointSaveError."""
-    from modeling.model import export_model
-
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f"checkpoint-{step}.tmp"
+    final = output_dir / checkpoint_name(step)
+    tmp = output_dir / f"{checkpoint_name(step)}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -379,7 +372,7 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, model_confi
         state_dict = accelerator.get_state_dict(model, unwrap=False)
         if accelerator.is_main_process:
             state_dict = {plain_key(k): v for k, v in state_dict.items()}
-            export_model(state_dict, model_config, vocab_size=len(tokenizer)).save_pretrained(tmp)
+            export(state_dict).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / STATE_DIR / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
             (tmp / STATE_DIR / TRAIN_STATE).write_text(json.dumps(train_state, indent=2) + "\n")
@@ -479,7 +472,7 @@ def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | N
                         "latest, pick another --output_dir, or pass --overwrite_output_dir.")
                 for _, path in existing:
                     remove(path)
-                (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (output_dir / METRICS).unlink(missing_ok=True)
             decision[0] = None if resume is None else str(resume)
         except (ConfigError, OSError) as e:
             decision[1] = str(e)
@@ -489,6 +482,20 @@ def decide_resume(accelerator, output_dir: Path, resume_from_checkpoint: str | N
     if decision[1]:
         raise ConfigError(decision[1])
     return None if decision[0] is None else Path(decision[0])
+
+
+def start_or_resume(accelerator, config, run_config: dict) -> Path | None:
+    """decide_resume for ``config`` (a TrainingConfig), and the run's record completed in ``run_config``: its id (new
+    at the first start, kept across resumes) and the data it trains on. A resume that would be another run is
+    refused: other settings (check_same_run) or other data (data_identity.check_resume, unless allow_data_change)."""
+    resume = decide_resume(accelerator, Path(config.output_dir), config.resume_from_checkpoint,
+                           config.overwrite_output_dir, verify=not config.skip_checksum)
+    run_config["run_id"] = run_id_for(resume)
+    run_config["data"] = data_identity(config.data_dir)  # the shards trained on: other data is refused
+    if resume is not None:
+        check_same_run(resume, run_config, config)
+        check_data(resume, read_run_config(resume), run_config, config.allow_data_change, accelerator.print)
+    return resume
 
 
 def _check_shared_filesystem(accelerator, output_dir: Path) -> None:

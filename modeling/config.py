@@ -36,6 +36,19 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message says which field and what to do."""
 
 
+def parse_steps(spec: str | None) -> tuple[int, int] | None:
+    """'A:B' -> (A, B), 1 <= A <= B; None or '' -> None."""
+    if not spec:
+        return None
+    try:
+        first, last = (int(part) for part in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"profile_steps {spec!r}: expected FIRST:LAST optimizer steps, e.g. 10:12.") from None
+    if not 1 <= first <= last:
+        raise ConfigError(f"profile_steps {spec!r}: need 1 <= FIRST <= LAST.")
+    return first, last
+
+
 @dataclass
 class TrainingConfig:
     # --- data and model ---
@@ -185,8 +198,6 @@ class TrainingConfig:
         for name in ("muon_learning_rate", "muon_momentum", "muon_weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        from modeling.profiling import parse_steps
-
         parse_steps(self.profile_steps)  # a malformed range fails here, before any work
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ConfigError(f"min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate}).")

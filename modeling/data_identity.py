@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modeling.config import ConfigError
+from modeling.run_files import checkpoint_step
 from modeling.shards import load_manifest
 
 
@@ -70,6 +71,6 @@ def check_resume(resume: Path, saved_run_config: dict, run_config: dict, allow_c
         raise ConfigError(f"{resume} was trained on other data than {data_dir} holds now: {'; '.join(diffs)}. Resume "
                           "on the data it was trained on (the same prepare_data.py command), train into another "
                           "--output_dir, or pass --allow_data_change to continue on this data (recorded in the card).")
-    step = int(resume.name.rsplit("-", 1)[-1])
+    step = checkpoint_step(resume)
     log(f"warning: --allow_data_change: resuming {resume} on other data than it was trained on: {'; '.join(diffs)}")
     changes.append({"step": step, "data_dir": data_dir, "differences": diffs})

@@ -1,9 +1,9 @@
 """Reading the project's small text files so that a damaged one ends in one line naming it, and writing JSON so
 that a file is either complete or absent (torch-free).
 
-One rule each, shared by every reader: JSON files (markers, configs, manifests), JSON-lines logs (a torn last
-line is what a kill leaves: dropped with a message; a bad line elsewhere is an error naming the line), and text
-that may be gzip-compressed (a truncated or non-gzip ``.gz`` and bad UTF-8 name the file, and the line).
+One rule each, shared by every reader: JSON files (markers, configs, manifests) and text that may be
+gzip-compressed (a truncated or non-gzip ``.gz`` and bad UTF-8 name the file, and the line). The metrics log's rule
+(a torn last line) is modeling/run_files.py's, which names every file of a run and writes through these.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import sys
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -53,32 +52,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, data: object) -> None:
     """``data`` as indented JSON at ``path``, all or nothing (write_text_atomic)."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-_TORN_REPORTED: set[Path] = set()
-
-
-def read_jsonl(path: str | Path, quiet: bool = False) -> list[dict]:
-    """The records of a JSON-lines log. A torn last line (the writer was killed mid-line) is dropped with a
-    message on stderr; any other bad line is a FileFormatError naming the file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as e:
-        raise FileFormatError(f"{path}: not UTF-8 text (byte {e.start}). Fix or delete it.") from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):  # only the last line, with no newline yet, can be torn by a kill
-                raise FileFormatError(f"{path}, line {number}: not JSON ({line[:60]!r}). Fix or delete it.") from None
-            if not quiet and path.resolve() not in _TORN_REPORTED:  # once per command, however often it is read
-                _TORN_REPORTED.add(path.resolve())
-                print(f"{path}: dropped a torn last line (the run was killed while writing it)", file=sys.stderr)
-    return records
 
 
 def byte_lines(path: str | Path) -> Iterator[bytes]:

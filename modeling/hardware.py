@@ -1,11 +1,13 @@
 """What the device can do: the peak FLOP/s an MFU figure is measured against (one owner for the trainer's log and
-the preflight)."""
+the preflight), and the fast paths a built run takes, as configured."""
 
 from __future__ import annotations
 
 import time
 
 import torch
+
+from modeling.optimizer import fused_adamw
 
 # bf16 dense (no sparsity) tensor-core peak FLOP/s from the datasheets, for MFU. Matched as substrings of
 # torch.cuda.get_device_name() in this order, most specific first: "A10" is also in "A100" and "A10G", "L4" in
@@ -81,3 +83,20 @@ def peak_flops_source(device: torch.device, bf16: bool, configured: float | None
 def peak_flops(device: torch.device, bf16: bool, configured: float | None = None) -> float:
     """The figure of ``peak_flops_source`` (the trainer's MFU)."""
     return peak_flops_source(device, bf16, configured)[0]
+
+
+def fast_path_summary(run) -> str:
+    """One line, from the built run alone (no steps): what the preflight would check, as configured."""
+    config, device = run.config, run.device
+    attention = run.model.config._attn_implementation
+    kernels = ""
+    if device.type == "cuda":
+        kernels = (f" (flash {'on' if torch.backends.cuda.flash_sdp_enabled() else 'off'}, mem-efficient "
+                   f"{'on' if torch.backends.cuda.mem_efficient_sdp_enabled() else 'off'})")
+    world, accum = run.accelerator.num_processes, run.accelerator.gradient_accumulation_steps
+    reduce = ("1 process" if world == 1 else
+              f"once per step (no_sync on {accum - 1} of {accum} micro-batches)" if accum > 1 else "once per step")
+    return (f"fast paths: attention {attention}{kernels} | fused AdamW {'yes' if fused_adamw(run.optimizer) else 'no'}"
+            f" | bf16 autocast {'yes' if run.accelerator.mixed_precision == 'bf16' else 'no'}"
+            f" | compile {'yes' if config.compile else 'no'} | gradient all-reduce {reduce}"
+            " (--preflight shows what actually ran)")

@@ -33,6 +33,7 @@ from accelerate.utils import extract_model_from_parallel
 from modeling.hellaswag_data import (  # noqa: F401 - load_examples, tokenize and max_context_length are API too
     CONVENTIONS, Example, Tokens, load_examples, max_context_length, render, tokenize)
 from modeling.backends import no_deepspeed_unless_launched
+from modeling.config import ConfigError
 from modeling.progress import bar
 
 DEFAULT_BATCH_SIZE = 16  # prefix groups (~ examples of one convention) per forward pass; 16 was fastest on 2 CPU cores
@@ -428,12 +429,30 @@ __all__ = ["Example", "HellaSwagResult", "load_examples", "score_hellaswag", "re
            "max_context_length", "metrics_from_records", "DEFAULT_BATCH_SIZE"]
 
 
-def examples_for_training(config, accelerator) -> list:
-    """The in-loop HellaSwag examples (``config``: a TrainingConfig), downloaded once (main process first)."""
-    from modeling.config import ConfigError
+class InLoopHellaSwag:
+    """The training run's in-loop HellaSwag: its examples, downloaded once (main process first), scored on the plain
+    model; the scorer's path (which its self-check allowed) is printed at the first evaluation."""
 
-    with accelerator.main_process_first():  # a Hub download happens once, then comes from the cache
-        try:
-            return load_examples(config.hellaswag_data, limit=config.hellaswag_limit)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"hellaswag_data: {e}") from e
+    def __init__(self, config, accelerator):
+        """``config``: a TrainingConfig with hellaswag_steps > 0."""
+        self.accelerator, self.path = accelerator, None
+        with accelerator.main_process_first():  # a Hub download happens once, then comes from the cache
+            try:
+                self.examples = load_examples(config.hellaswag_data, limit=config.hellaswag_limit)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"hellaswag_data: {e}") from e
+
+    @classmethod
+    def for_run(cls, config, accelerator, whole_model: bool) -> "InLoopHellaSwag | None":
+        """None when off: hellaswag_steps 0, or the model is sharded (FSDP/DeepSpeed: no whole copy to score)."""
+        if config.hellaswag_steps and not whole_model:
+            accelerator.print("in-loop HellaSwag is off under FSDP/DeepSpeed; run eval_hellaswag.py on the checkpoints")
+        return cls(config, accelerator) if config.hellaswag_steps and whole_model else None
+
+    def score(self, model: torch.nn.Module, tokenizer, should_stop=None) -> dict:
+        """acc_norm in both conventions, as metrics.jsonl records them (``hellaswag`` is the reference run's)."""
+        scored = score_hellaswag(model, tokenizer, self.examples, accelerator=self.accelerator, should_stop=should_stop)
+        if self.path is None:
+            self.path = scored.path
+            self.accelerator.print(f"hellaswag: scoring path: {scored.path}")
+        return {"hellaswag": scored.metrics["nanogpt"]["acc_norm"], "hellaswag_lm_eval": scored.metrics["lm-eval"]["acc_norm"]}

@@ -27,6 +27,13 @@ HUB_DATASET = "Rowan/hellaswag"
 HUB_SPLIT = "validation"
 NUM_ENDINGS = 4
 CONVENTIONS = ("nanogpt", "lm-eval")
+# Published zero-shot HellaSwag acc_norm (%) for comparison (the card and eval.png), each with the convention it was
+# measured in: (label, value, convention: the in-loop series it is comparable with, None for neither exactly)
+PUBLISHED_REFERENCES = (
+    ("OpenAI GPT-2 124M, nanogpt convention", 29.55, "nanogpt"),
+    ("OpenAI GPT-2 124M, lm-eval convention", 31.14, "lm-eval"),
+    ("GPT-3 125M, as published", 33.7, None),
+)
 ORIGINAL_FIELDS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
 REDUCED_FIELDS = ("activity_label", "ctx", "endings", "label")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")

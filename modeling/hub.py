@@ -6,7 +6,7 @@
 
 What is uploaded is chosen by name (an allow-list), so optimizer state, RNG states and ``training_state/`` can never
 leave the machine: the Transformers files (config, weights, generation config, tokenizer), the model card
-(README.md) and its plots, built afresh from the run's files (modeling/report.py), eval_hellaswag.py's recorded
+(README.md) and its plots, built afresh from the run's files (modeling/report.py, from run_files.RunFacts), eval_hellaswag.py's recorded
 results, and the run's metrics.jsonl up to this checkpoint.
 """
 
@@ -22,15 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from modeling import report
 from modeling.card import build_model_card
+from modeling.checkpoint import ChecksumError, incomplete_reason, resolve_model_dir, verify_checkpoint
 from modeling.locate import HUB_ID
+from modeling.report import write_report
+from modeling.run_files import CARD, HELLASWAG_RESULTS, METRICS, MODEL_CONFIG, PLOTS, STATE_DIR, RunFacts, metrics_text
 
 # Top-level files of a Transformers folder that belong on the Hub.
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
                   "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json")
-REPORT_FILES = (report.CARD, *report.PLOTS, report.HELLASWAG_RESULTS, report.METRICS)
+REPORT_FILES = (CARD, *PLOTS, HELLASWAG_RESULTS, METRICS)
 _REPO_ID = HUB_ID  # one owner of the rule: modeling.locate
 
 
@@ -84,8 +86,6 @@ def check_checkpoint(folder: str | Path, skip_checksum: bool = False, hash_files
     missing or naming the file that does not match.
 
     A training ``output_dir`` stands for its newest checkpoint."""
-    from modeling.checkpoint import STATE_DIR, ChecksumError, incomplete_reason, resolve_model_dir, verify_checkpoint
-
     folder = Path(folder)
     if not folder.is_dir():
         raise HubError(f"{folder} is not a folder. Pass a checkpoint-N folder (or a training output_dir).")
@@ -94,8 +94,8 @@ def check_checkpoint(folder: str | Path, skip_checksum: bool = False, hash_files
         raise HubError(f"{folder} is a checkpoint still being written (or abandoned by a crash); push a finished "
                        f"checkpoint-N folder.")
     missing = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
+    if not (folder / MODEL_CONFIG).is_file():
+        missing.append(MODEL_CONFIG)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -165,20 +165,19 @@ def stage(checkpoint: str | Path, out: str | Path, *, repo_id: str | None = None
     for src in staged:
         # A copy, never a hard link: editing the staged folder must not change the checkpoint (nor its marker).
         shutil.copyfile(src, tmp / src.name)
-    if (checkpoint / report.HELLASWAG_RESULTS).is_file():
-        shutil.copy2(checkpoint / report.HELLASWAG_RESULTS, tmp / report.HELLASWAG_RESULTS)
-    facts = report.RunFacts(checkpoint)
+    if (checkpoint / HELLASWAG_RESULTS).is_file():
+        shutil.copy2(checkpoint / HELLASWAG_RESULTS, tmp / HELLASWAG_RESULTS)
+    facts = RunFacts(checkpoint)  # once: the card, the plots and the log are written from it
     if facts.is_training_run:  # a checkpoint of a run: card, plots and log from the run's files, as of this step
-        report.write_report(checkpoint, tmp, repo_id=repo_id, dataset_id=dataset_id, license=license)
+        write_report(facts, tmp, repo_id=repo_id, dataset_id=dataset_id, license=license)
         if facts.records:
-            (tmp / report.METRICS).write_text("".join(json.dumps(r) + "\n" for r in facts.records), encoding="utf-8")
-    elif (checkpoint / report.CARD).is_file():  # no run to rebuild it from (e.g. an earlier dry run): keep its card
-        for name in (report.CARD, *report.PLOTS, report.METRICS):
+            (tmp / METRICS).write_text(metrics_text(facts.records), encoding="utf-8")
+    elif (checkpoint / CARD).is_file():  # no run to rebuild it from (e.g. an earlier dry run): keep its card
+        for name in (CARD, *PLOTS, METRICS):
             if (checkpoint / name).is_file():
                 shutil.copy2(checkpoint / name, tmp / name)
     else:
-        card = build_model_card(checkpoint, repo_id=repo_id, dataset_id=dataset_id, license=license)
-        card.save(str(tmp / report.CARD))
+        build_model_card(facts, repo_id=repo_id, dataset_id=dataset_id, license=license).save(str(tmp / CARD))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

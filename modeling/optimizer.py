@@ -201,3 +201,21 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig, device: torc
     muon = muon_class(muon_groups, lr=config.muon_learning_rate, weight_decay=config.muon_weight_decay,
                             momentum=config.muon_momentum, adjust_lr_fn=adjust)
     return MuonWithAdamW(_adamw(adamw_groups, config, device), muon)
+
+
+def logged_lrs(optimizer: torch.optim.Optimizer, config: TrainingConfig) -> dict[str, float]:
+    """A step's learning rates as metrics.jsonl logs them: ``lr``, the first group's (AdamW's), and under
+    ``optimizer: muon`` also ``muon_lr``, Muon's muon_learning_rate as scheduled (before its per-shape scale)."""
+    groups = optimizer.param_groups
+    lrs = {"lr": groups[0]["lr"]}
+    if config.optimizer == "muon":
+        muon = groups[-1]  # AdamW's groups come first; each Muon group is scheduled by the same factor
+        lrs["muon_lr"] = config.muon_learning_rate * muon["lr"] / muon["initial_lr"] if muon["initial_lr"] else 0.0
+    return lrs
+
+
+def fused_adamw(optimizer) -> bool:
+    """Whether every AdamW parameter group runs the fused kernel (Muon's own groups carry no such flag)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    groups = [g for g in inner.param_groups if "fused" in g]
+    return bool(groups) and all(g["fused"] for g in groups)

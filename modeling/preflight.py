@@ -28,7 +28,14 @@ from typing import Callable, Iterable
 
 import torch
 
+from modeling.backends import accelerator_kwargs
 from modeling.config import TrainingConfig
+from modeling.hardware import peak_flops_source
+from modeling.memory import peak_memory_since_last
+from modeling.optimizer import fused_adamw
+from modeling.report import finish_run
+from modeling.run_lock import release_run_lock
+from modeling.trainer import TrainingRun
 
 SIMULATED_LIMIT_ENV = "GPT2_PREFLIGHT_MAX_FITTING_BATCH"  # tests: micro-batches above N are "out of memory"
 
@@ -428,30 +435,6 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def fused_adamw(optimizer) -> bool:
-    """Whether every AdamW parameter group runs the fused kernel (Muon's own groups carry no such flag)."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    groups = [g for g in inner.param_groups if "fused" in g]
-    return bool(groups) and all(g["fused"] for g in groups)
-
-
-def fast_path_summary(run) -> str:
-    """One line, from the built run alone (no steps): what the preflight would check, as configured."""
-    config, device = run.config, run.device
-    attention = run.model.config._attn_implementation
-    kernels = ""
-    if device.type == "cuda":
-        kernels = (f" (flash {'on' if torch.backends.cuda.flash_sdp_enabled() else 'off'}, mem-efficient "
-                   f"{'on' if torch.backends.cuda.mem_efficient_sdp_enabled() else 'off'})")
-    world, accum = run.accelerator.num_processes, run.accelerator.gradient_accumulation_steps
-    reduce = ("1 process" if world == 1 else
-              f"once per step (no_sync on {accum - 1} of {accum} micro-batches)" if accum > 1 else "once per step")
-    return (f"fast paths: attention {attention}{kernels} | fused AdamW {'yes' if fused_adamw(run.optimizer) else 'no'}"
-            f" | bf16 autocast {'yes' if run.accelerator.mixed_precision == 'bf16' else 'no'}"
-            f" | compile {'yes' if config.compile else 'no'} | gradient all-reduce {reduce}"
-            " (--preflight shows what actually ran)")
-
-
 # ---- the preflight itself ----
 
 def _gather_max(accelerator, value: float) -> float:
@@ -478,9 +461,6 @@ def run_preflight(config: TrainingConfig, log: Callable[[str], None] = print) ->
     """Build the run on a scratch copy of ``config``, measure it, and return the report (printing is the CLI's)."""
     from accelerate import PartialState
 
-    from modeling.backends import accelerator_kwargs
-    from modeling.run_lock import release_run_lock
-
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     state = PartialState(cpu=accelerator_kwargs(launched)["cpu"])
     report = Report()
@@ -495,8 +475,6 @@ def run_preflight(config: TrainingConfig, log: Callable[[str], None] = print) ->
 
 def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None:
     from accelerate.utils import broadcast_object_list
-
-    from modeling.trainer import TrainingRun
 
     built_from = time.perf_counter()
     run = TrainingRun(scratch_config(config, scratch / "run"))
@@ -542,8 +520,6 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
         return
 
     # ---- warm-up (compile), then timed steps ----
-    from modeling.memory import peak_memory_since_last
-
     warm = []
     for _ in range(config.preflight_warmup_steps):
         started = time.perf_counter()
@@ -649,8 +625,6 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
         report.problems.append(f"save -> resume round trip: the step after resuming {saved.name} differs from the "
                                f"step taken without it (loss, grad norm {straight} vs {resumed})")
     if acc.is_main_process:
-        from modeling.report import finish_run
-
         started = time.perf_counter()
         with contextlib.suppress(Exception):  # plots and card are extras; a missing matplotlib only costs its time
             finish_run(scratch / "run", saved)
@@ -661,8 +635,6 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
         all_reduce = measure_all_reduce(numel, device)
 
     # ---- speed ----
-    from modeling.hardware import peak_flops_source
-
     peak, peak_label = peak_flops_source(device, config.bf16, config.peak_flops)
     flops_per_step = run.flops_per_step
     optimizer_s, clip_s = phases.seconds["optimizer"] / len(steps), phases.seconds["clip"] / len(steps)

@@ -16,22 +16,8 @@ from typing import Iterator
 
 import torch
 
-from modeling.config import ConfigError
-
-PROFILE_DIR = "profile"
-
-
-def parse_steps(spec: str | None) -> tuple[int, int] | None:
-    """'A:B' -> (A, B), 1 <= A <= B; None or '' -> None."""
-    if not spec:
-        return None
-    try:
-        first, last = (int(part) for part in spec.split(":"))
-    except ValueError:
-        raise ConfigError(f"profile_steps {spec!r}: expected FIRST:LAST optimizer steps, e.g. 10:12.") from None
-    if not 1 <= first <= last:
-        raise ConfigError(f"profile_steps {spec!r}: need 1 <= FIRST <= LAST.")
-    return first, last
+from modeling.config import parse_steps
+from modeling.run_files import PROFILE_DIR
 
 
 class StepProfiler:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from modeling.config import ConfigError
+from modeling.run_files import RUN_LOCK
 
-LOCK_FILE = ".run.lock"
 _held: dict[Path, int] = {}  # output_dir -> the open descriptor holding its lock (closing it releases the lock)
 
 
@@ -29,7 +29,7 @@ def hold_run_lock(output_dir: str | Path, log=print) -> None:
     output_dir = Path(output_dir).resolve()
     if output_dir in _held:
         return
-    path = output_dir / LOCK_FILE
+    path = output_dir / RUN_LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

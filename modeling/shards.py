@@ -18,12 +18,12 @@ import numpy as np
 
 # write_json_atomic: the manifest's writer, named here (prepare and convert write manifest.json through it).
 from modeling.files import FileFormatError, read_json, write_json_atomic  # noqa: F401
+from modeling.run_files import MANIFEST as MANIFEST_NAME
 
 MAGIC = 20240520
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 DTYPE_BY_VERSION = {1: np.dtype(np.uint16), 2: np.dtype(np.uint32)}
-MANIFEST_NAME = "manifest.json"
 
 
 class ShardFormatError(ValueError):

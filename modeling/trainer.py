@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,23 +19,20 @@ from tqdm.auto import tqdm
 from modeling import checkpoint as ckpt
 from modeling import run_record, schedule
 from modeling.backends import configure_backend, end_training, global_norm, training_accelerator
-from modeling.config import ConfigError, TrainingConfig
+from modeling.config import TrainingConfig
 from modeling.data import TimedBatches, TokenWindows, endless_batches, train_loader_for
-from modeling.data_identity import check_resume as check_data
-from modeling.data_identity import data_identity
 from modeling.faults import EvaluationInterrupted, StopSignals, check_step, refuse_nonfinite_weights, skip_or_stop
-from modeling.files import write_json_atomic
-from modeling.hardware import peak_flops
-from modeling.hellaswag import examples_for_training, score_hellaswag
+from modeling.hardware import fast_path_summary, peak_flops
+from modeling.hellaswag import InLoopHellaSwag
 from modeling.lm_loss import CausalLMForTraining
 from modeling.memory import peak_memory_since_last
-from modeling.model import build_training_model, flops_per_token, load_model_config, num_params, sample_texts
-from modeling.optimizer import build_optimizer
-from modeling.preflight import fast_path_summary
+from modeling.model import build_training_model, export_model, flops_per_token, load_model_config, num_params, sample_texts
+from modeling.optimizer import build_optimizer, logged_lrs
 from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import show_record
-from modeling.report import MetricsLog, RunInfo, finish_run
+from modeling.report import finish_run
+from modeling.run_files import MetricsLog, RunInfo, write_run_config
 from modeling.run_lock import release_run_lock
 from modeling.tokenizer import get_hf_tokenizer
 from modeling.val_loss import bits_per_byte, evaluate_loss, val_set
@@ -48,7 +46,7 @@ class StepResult:
     started: float  # perf_counter at the step's start
     loss_sum: torch.Tensor  # sum of the micro-batch losses (on the device: read only when logged)
     grad_norm: torch.Tensor | float | None
-    lr: float
+    lrs: dict  # optimizer.logged_lrs: lr, and muon_lr under optimizer: muon
     finite: bool  # False: the step was skipped (--skip_nonfinite_steps)
     stop: bool  # a stop signal on any process
 
@@ -85,32 +83,20 @@ class TrainingRun:
         # Unfinished preparation, missing or damaged shards (with verify_data, every sha256 and token id): refused.
         check_data_dir(config.data_dir, config.verify_data, config.allow_incomplete_data, log=self.accelerator.print)
         self.train_data = TokenWindows(config.data_dir, "train", config.seq_len)
-        check_model_fits_data(config.data_dir, config.seq_len, self.model_config.n_positions,
-                              self.model_config.vocab_size, model_name=config.model_config, windows=self.train_data)
-        if len(self.train_data) < B * self.world:
-            raise ConfigError(f"{config.data_dir}: {len(self.train_data)} training windows of {config.seq_len + 1} "
-                              f"tokens, fewer than one batch ({B} x {self.world} processes). Prepare more data or "
-                              "lower the batch size.")
+        check_model_fits_data(config.data_dir, config.seq_len, self.model_config.n_positions, self.model_config.vocab_size,
+                              model_name=config.model_config, windows=self.train_data, batch=(B, self.world))
         self.tokenizer = get_hf_tokenizer(config.bpe_dir, model_max_length=self.model_config.n_positions)
         self.tokens_per_step = B * config.seq_len * self.accum * self.world
 
     def _decide_resume(self) -> None:
-        config = self.config
-        self.run_config = run_record.run_config(config, self.world, self.accum, self.model_config)
-        self.output_dir = Path(config.output_dir)
-        # Decided once on the main process and broadcast: every process resumes from the same checkpoint.
-        self.resume_from = ckpt.decide_resume(self.accelerator, self.output_dir, config.resume_from_checkpoint,
-                                              config.overwrite_output_dir, verify=not config.skip_checksum)
-        self.run_config["run_id"] = ckpt.run_id_for(self.resume_from)  # new at the first start, kept across resumes
-        self.run_config["data"] = data_identity(config.data_dir)  # the shards trained on: other data is refused
-        if self.resume_from is not None:
-            ckpt.check_same_run(self.resume_from, self.run_config, config)
-            check_data(self.resume_from, ckpt.read_run_config(self.resume_from), self.run_config,
-                       config.allow_data_change, self.accelerator.print)
+        self.output_dir = Path(self.config.output_dir)
+        self.run_config = run_record.run_config(self.config, self.world, self.accum, self.model_config)
+        # Decided once on the main process and broadcast; a resume that would be another run is refused.
+        self.resume_from = ckpt.start_or_resume(self.accelerator, self.config, self.run_config)
         # Command line, git commit, versions, hardware: at the top of output_dir and in every checkpoint (not compared).
         self.run_config["environment"] = run_record.environment(self.accelerator)
         if self.accelerator.is_main_process:
-            write_json_atomic(self.output_dir / "run_config.json", self.run_config)
+            write_run_config(self.output_dir, self.run_config)
 
     def _build_model(self) -> None:
         # `model` stays the plain GPT2LMHeadModel (sampling, HellaSwag, export); `train_model` shares its modules
@@ -139,7 +125,7 @@ class TrainingRun:
 
     def _start_records(self) -> None:
         config, accelerator = self.config, self.accelerator
-        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", accelerator.is_main_process, self.state.step)
+        self.metrics = MetricsLog(self.output_dir, accelerator.is_main_process, self.state.step)
         # Hardware and wall time per session, for the model card.
         self.run_info = RunInfo.start(self.output_dir, accelerator, self.state.step, self.run_config["environment"],
                                       config.data_dir, self.run_config["run_id"])
@@ -149,10 +135,7 @@ class TrainingRun:
         self.peak = peak_flops(self.device, config.bf16, config.peak_flops)
         # Sampling and in-loop HellaSwag run the unwrapped model: that needs a whole copy on every process (DDP).
         self.whole_model = accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        self.hellaswag = examples_for_training(config, accelerator) if config.hellaswag_steps and self.whole_model else None
-        if config.hellaswag_steps and not self.whole_model:
-            accelerator.print("in-loop HellaSwag is off under FSDP/DeepSpeed; run eval_hellaswag.py on the checkpoints")
-        self.scoring_path: str | None = None  # which path the HellaSwag scorer's self-check allowed (printed once)
+        self.hellaswag = InLoopHellaSwag.for_run(config, accelerator, self.whole_model)
         # Preemption: SIGTERM/SIGINT set this; the loop saves at the step's end, and evaluations ask it between batches.
         self.signals = StopSignals(accelerator.process_index)
         # max_grad_norm 0 means no clipping; the norm is still computed (an infinite bound scales nothing) and logged.
@@ -217,7 +200,7 @@ class TrainingRun:
         grad_norm = global_norm(accelerator.clip_grad_norm_(self.prepared.parameters(), self.clip))
         # One host sync per step, not per micro-batch: finite loss and norm, and a stop signal on any process.
         finite, stop = check_step(accelerator, loss_sum, grad_norm, self.signals.requested is not None)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lrs = logged_lrs(self.optimizer, self.config)
         if finite:
             self.optimizer.step()
         else:  # raises unless --skip_nonfinite_steps allows skipping this bad batch
@@ -227,7 +210,7 @@ class TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.tokens_seen += self.tokens_per_step
-        return StepResult(started, loss_sum, grad_norm, lr, finite, stop)
+        return StepResult(started, loss_sum, grad_norm, lrs, finite, stop)
 
     def evaluate(self, val: bool, hellaswag_now: bool) -> dict:
         """Val loss (+ bits per byte, samples) and/or in-loop HellaSwag. A stop signal gives them up between batches:
@@ -250,20 +233,14 @@ class TrainingRun:
                                          config.sample_max_new_tokens, config.seed + self.state.step):
                     tqdm.write(f"[step {self.state.step}] {text!r}")
         if hellaswag_now:
-            scored = score_hellaswag(plain, self.tokenizer, self.hellaswag, accelerator=self.accelerator,
-                                     should_stop=stop_requested)
-            if self.scoring_path is None:
-                self.scoring_path = scored.path
-                self.accelerator.print(f"hellaswag: scoring path: {scored.path}")
-            result["hellaswag"] = scored.metrics["nanogpt"]["acc_norm"]  # the reference run's number (completion)
-            result["hellaswag_lm_eval"] = scored.metrics["lm-eval"]["acc_norm"]
+            result |= self.hellaswag.score(plain, self.tokenizer, should_stop=stop_requested)
         return result
 
     def step_record(self, step: StepResult) -> dict:
         """The step's numbers: loss (averaged over processes), LR, gradient norm, speed, data wait, peak memory."""
         loss_avg = self.accelerator.reduce(step.loss_sum / self.accum, "mean").item()  # waits for the step to finish
         seconds = time.perf_counter() - step.started
-        record = {"step": self.state.step, "loss": loss_avg, "lr": step.lr,
+        record = {"step": self.state.step, "loss": loss_avg, **step.lrs,
                   "grad_norm": None if step.grad_norm is None else float(step.grad_norm),
                   "tokens": self.state.tokens_seen, "step_seconds": seconds,
                   "tokens_per_second": self.tokens_per_step / seconds,
@@ -284,7 +261,8 @@ class TrainingRun:
         state = self.state  # an update that blew the weights up stops the run: they are never saved
         refuse_nonfinite_weights(self.accelerator, self.model, state.step, self.output_dir, state.skipped_steps,
                                  self.config.skip_nonfinite_steps)
-        saved = ckpt.save_checkpoint(self.accelerator, self.prepared, self.output_dir, state.step, self.model_config,
+        export = partial(export_model, config=self.model_config, vocab_size=len(self.tokenizer))  # GPT-2's shapes
+        saved = ckpt.save_checkpoint(self.accelerator, self.prepared, self.output_dir, state.step, export,
                                      self.tokenizer, self.run_config, state.state_dict(), self.config.save_total_limit)
         self.run_info.saved(state.step)
         return saved

@@ -25,6 +25,7 @@ from modeling.config import ConfigError, TrainingConfig
 from modeling.data import TokenWindows
 from modeling.files import read_json
 from modeling.model import causal_lm_loss
+from modeling.run_files import RUN_CONFIG, STATE_DIR
 from modeling.tokenizer import TokenizerNotFoundError, get_hf_tokenizer
 
 _DEFAULTS = {f: TrainingConfig.__dataclass_fields__[f].default
@@ -128,14 +129,14 @@ def _run_config(like: str) -> dict:
     from modeling import checkpoint as ckpt
 
     path = Path(like)
-    if path.is_dir() and not (path / ckpt.STATE_DIR).is_dir():
-        if (path / "run_config.json").is_file():
-            return read_json(path / "run_config.json", "run configuration")
+    if path.is_dir() and not (path / STATE_DIR).is_dir():
+        if (path / RUN_CONFIG).is_file():
+            return read_json(path / RUN_CONFIG, "run configuration")
         if (newest := ckpt.newest_checkpoint(path)) is None:
             raise ConfigError(f"--like {like}: neither a checkpoint-N folder nor a training output_dir with checkpoints.")
         path = newest
-    if not (path / ckpt.STATE_DIR / ckpt.RUN_CONFIG).is_file():
-        raise ConfigError(f"--like {like}: no {ckpt.STATE_DIR}/{ckpt.RUN_CONFIG}; pass a checkpoint of train_hf.py.")
+    if not (path / STATE_DIR / RUN_CONFIG).is_file():
+        raise ConfigError(f"--like {like}: no {STATE_DIR}/{RUN_CONFIG}; pass a checkpoint of train_hf.py.")
     return ckpt.read_run_config(path)
 
 

@@ -187,10 +187,10 @@ def check_seq_len(seq_len: int, n_positions: int | None, model_name: str = "the 
 
 
 def check_model_fits_data(data_dir: str | os.PathLike, seq_len: int, n_positions: int | None, vocab_size: int,
-                          model_name: str = "the model", windows=None) -> None:
+                          model_name: str = "the model", windows=None, batch: tuple[int, int] | None = None) -> None:
     """One rule for training and evaluation: the windows fit the model's positions and the shards' token ids its
     vocabulary. Without a manifest (shards from another tool) ``windows`` (a TokenWindows) is scanned for its
-    largest id."""
+    largest id. ``batch`` (B, processes): ``windows`` must hold at least one batch."""
     from modeling.config import ConfigError
 
     check_seq_len(seq_len, n_positions, model_name)
@@ -203,3 +203,6 @@ def check_model_fits_data(data_dir: str | os.PathLike, seq_len: int, n_positions
     elif windows is not None and (top := windows.max_token()) >= vocab_size:
         raise ConfigError(f"{windows.paths[0]}: token id {top} is outside the model's vocab_size {vocab_size:,} "
                               f"({model_name}).")
+    if batch is not None and len(windows) < batch[0] * batch[1]:
+        raise ConfigError(f"{data_dir}: {len(windows)} training windows of {seq_len + 1} tokens, fewer than one batch "
+                          f"({batch[0]} x {batch[1]} processes). Prepare more data or lower the batch size.")

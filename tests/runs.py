@@ -1,7 +1,7 @@
 """Helpers for tests that compare training runs: records without the machine's measurements, a crash after a save."""
 
 from modeling import checkpoint as ckpt
-from modeling.report import MEASUREMENT_FIELDS
+from modeling.run_files import MEASUREMENT_FIELDS
 
 
 def strip(metrics: list[dict]) -> list[dict]:

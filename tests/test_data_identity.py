@@ -59,6 +59,7 @@ def test_resuming_on_re_prepared_data_is_refused_saying_what_differs(interrupted
 
 def test_allow_data_change_resumes_logs_it_and_the_card_names_it(interrupted, capsys):
     from modeling.card import build_model_card
+    from modeling.run_files import RunFacts
 
     out, data = interrupted
     _prepare_again(data, max_tokens=60_000, val_tokens=4_000)
@@ -70,7 +71,7 @@ def test_allow_data_change_resumes_logs_it_and_the_card_names_it(interrupted, ca
     [change] = saved["data_changes"]
     assert change["step"] == 3 and any("max_tokens 40000 -> 60000" in d for d in change["differences"])
     assert json.loads((out / "run_config.json").read_text())["data_changes"] == saved["data_changes"]
-    card = str(build_model_card(out / "checkpoint-6"))
+    card = str(build_model_card(RunFacts(out / "checkpoint-6")))
     assert "data changed on resume (--allow_data_change)" in card and "at step 3:" in card
     # The next resume on the same (new) data is not a change: nothing is refused, the record is kept, not repeated.
     run(out, data, resume_from_checkpoint="latest", max_steps=6)

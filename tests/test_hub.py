@@ -13,7 +13,7 @@ import torch
 from helpers import HELLASWAG_FILE
 
 import push_to_hub
-from modeling import hub, report
+from modeling import hub, run_files
 
 TOKEN = "hf_" + "Sx9" * 11 + "q"  # a fake token: it must never appear in anything printed
 UPLOAD = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -77,13 +77,13 @@ def test_dry_run_writes_exactly_the_upload_and_no_training_state(tiny_run, tmp_p
         assert any(line.split()[0] == name for line in printed.splitlines() if line.startswith("  ")), name
     assert f"{len(files)} files" in printed
     # As of checkpoint-3: the log stops there, and the card speaks of step 3 and of the repo id.
-    assert [r["step"] for r in report.read_metrics(out)] == [1, 2, 3]
+    assert [r["step"] for r in run_files.read_metrics(out)] == [1, 2, 3]
     card = (out / "README.md").read_text()
     assert "This is step 3 of 6" in card and 'from_pretrained("someone/tiny")' in card
     # Again into the same folder (an earlier dry run) with --overwrite; the output_dir stands for its newest checkpoint.
     code, printed = run_cli([str(tiny_run), "--repo-id", "someone/tiny", "--dry-run", str(out), "--overwrite"], capsys)
     assert code == 0 and f"{tiny_run / 'checkpoint-6'} -> {out}" in printed
-    assert [r["step"] for r in report.read_metrics(out)][-1] == 6 and not (out.parent / "upload.tmp").exists()
+    assert [r["step"] for r in run_files.read_metrics(out)][-1] == 6 and not (out.parent / "upload.tmp").exists()
 
 
 def test_incomplete_folders_and_bad_arguments_are_refused_saying_what_is_wrong(tiny_run, tmp_path, capsys):
@@ -205,7 +205,7 @@ def test_a_dry_run_folder_loads_by_repo_id_offline(tiny_run, tmp_path, monkeypat
     # the lm_eval CLI on the repo id and our scorer (lm-eval convention) on the same 3 examples
     assert cli["results"]["hellaswag_local"]["acc,none"] == pytest.approx(ours["lm-eval"]["acc"])
     assert cli["results"]["hellaswag_local"]["acc_norm,none"] == pytest.approx(ours["lm-eval"]["acc_norm"])
-    assert not (snapshot / report.HELLASWAG_RESULTS).exists()  # nothing is written into the Hub cache
+    assert not (snapshot / run_files.HELLASWAG_RESULTS).exists()  # nothing is written into the Hub cache
 
 
 def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer(tiny_run, tmp_path):
@@ -216,7 +216,7 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    log = run / report.METRICS
+    log = run / run_files.METRICS
     good = log.read_text()
     log.write_text(good + '{"step": 7, "lo')
     commands = {"push": [sys.executable, "push_to_hub.py", str(run), "--repo-id", "someone/tiny", "--dry-run",
@@ -226,7 +226,7 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (name, done.stderr[-2000:])
         assert done.stderr.count(f"{log}: dropped a torn last line") == 1, (name, done.stderr)
-    assert (tmp_path / "up" / report.METRICS).read_text() == good  # the upload carries the log without the torn line
+    assert (tmp_path / "up" / run_files.METRICS).read_text() == good  # the upload carries the log without the torn line
     # A bad line that is not the last is not a kill's doing: an error naming the file and line, for every reader.
     lines = good.splitlines(keepends=True)
     log.write_text("".join(lines[:2]) + '{"step": 3, "lo\n' + "".join(lines[3:]))
@@ -234,6 +234,22 @@ def test_a_torn_metrics_log_is_read_by_the_push_and_the_report_as_by_the_trainer
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode != 0 and "Traceback" not in done.stderr, (name, done.stderr[-2000:])
         assert f"{log}, line 3: not JSON" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_push_and_a_report_read_the_runs_files_once(tiny_run, tmp_path, monkeypatch, capsys):
+    """One RunFacts per command: the card, the plots and the uploaded log come from one read of metrics.jsonl."""
+    from modeling import report
+
+    reads = []
+    real = run_files.read_jsonl
+    monkeypatch.setattr(run_files, "read_jsonl", lambda path, quiet=False: reads.append(path) or real(path, quiet))
+    hub.stage(tiny_run / "checkpoint-6", tmp_path / "up", repo_id="someone/tiny")
+    assert reads == [tiny_run / run_files.METRICS]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    reads.clear()
+    report.main([str(run)])
+    assert reads == [run / run_files.METRICS] and f"wrote {run / 'checkpoint-6' / run_files.CARD}" in capsys.readouterr().out
 
 
 def test_staging_copies_only_the_checkpoints_own_files(tiny_run, tmp_path, capsys):

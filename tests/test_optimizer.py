@@ -196,6 +196,8 @@ def test_muon_resume_with_another_micro_batch_size(tmp_path, data_dir, monkeypat
     assert [m["step"] for m in resumed] == [m["step"] for m in straight]
     for a, b in zip(straight, resumed, strict=True):
         assert a["lr"] == b["lr"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        # Muon's LR is logged too (lr is AdamW's): muon_learning_rate on the same schedule, also after the resume
+        assert a["muon_lr"] == b["muon_lr"] == pytest.approx(MUON["muon_learning_rate"] * a["lr"] / TINY["learning_rate"])
     # Muon learns faster than nothing: the run did train (losses fall) under the new optimizer.
     assert straight[-1]["loss"] < straight[0]["loss"]
 

@@ -8,7 +8,7 @@ import shutil
 from helpers import run
 
 from modeling import checkpoint as ckpt
-from modeling import report
+from modeling import run_files
 
 
 def test_latest_skips_a_checkpoint_of_another_run_copied_in(tmp_path, data_dir, capsys):
@@ -37,8 +37,8 @@ def test_latest_skips_a_checkpoint_of_another_run_copied_in(tmp_path, data_dir, 
     assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == copied
     assert not (ours / "checkpoint-3").exists()  # ours rotated (save_total_limit 1)
     assert json.loads((ours / "run_config.json").read_text())["run_id"] == ours_id
-    sessions = json.loads((ours / report.RUN_INFO).read_text())["sessions"]
+    sessions = json.loads((ours / run_files.RUN_INFO).read_text())["sessions"]
     assert [s["run_id"] for s in sessions] == [ours_id, ours_id] and [s["start_step"] for s in sessions] == [0, 3]
     # The card of the finished run is in its own last checkpoint; the other run's copy is left as it was.
-    assert (ours / "checkpoint-6" / report.CARD).is_file()
+    assert (ours / "checkpoint-6" / run_files.CARD).is_file()
     assert {p.relative_to(ours): p.read_bytes() for p in (ours / "checkpoint-8").rglob("*") if p.is_file()} == copied_8
