@@ -40,7 +40,7 @@ from modeling.data_identity import data_identity
 from modeling.files import FileFormatError, read_json
 from modeling.progress import drop_library_message
 # The file names (and the checkpoint-N parser) are run_files': one spelling for every module that reads them.
-from modeling.run_files import (MARKER, METRICS, MODEL_CONFIG, RUN_CONFIG, STATE_DIR, TRAIN_STATE, checkpoint_name,
+from modeling.run_files import (MARKER, METRICS, MODEL_CONFIG, RUN_CONFIG, RUN_ID, STATE_DIR, TRAIN_STATE, checkpoint_name,
                                 checkpoint_step)
 from modeling.run_lock import hold_run_lock
 from modeling.shards import fsync_path
@@ -172,7 +172,7 @@ def new_run_id() -> str:
 def run_id_of(checkpoint: Path) -> str | None:
     """The id of the run that wrote ``checkpoint`` (None for a checkpoint from before run ids, or unreadable)."""
     try:
-        return read_run_config(checkpoint).get("run_id")
+        return read_run_config(checkpoint).get(RUN_ID)
     except (FileFormatError, OSError, AttributeError):
         return None
 
@@ -181,7 +181,7 @@ def owner_run_id(output_dir: str | Path) -> str | None:
     """The id of the run ``output_dir`` belongs to: the one its top-level run_config.json records."""
     path = Path(output_dir) / RUN_CONFIG
     try:
-        return read_json(path, "run configuration").get("run_id") if path.is_file() else None
+        return read_json(path, "run configuration").get(RUN_ID) if path.is_file() else None
     except (FileFormatError, OSError, AttributeError):
         return None
 
@@ -382,11 +382,11 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, export, tok
     if all_ok(accelerator, error is None) and accelerator.is_main_process:
         try:
             _mark_complete(tmp, step)
-            set_aside_other_run(final, run_config.get("run_id"), log)
+            set_aside_other_run(final, run_config.get(RUN_ID), log)
             remove(final)  # the same step saved by an earlier, abandoned attempt of this run
             tmp.rename(final)
             fsync_path(output_dir)
-            rotate_checkpoints(output_dir, save_total_limit, keep_also=final, run_id=run_config.get("run_id"))
+            rotate_checkpoints(output_dir, save_total_limit, keep_also=final, run_id=run_config.get(RUN_ID))
         except Exception as e:  # noqa: BLE001 - as above
             error = e
     if not all_ok(accelerator, error is None):
@@ -490,7 +490,7 @@ def start_or_resume(accelerator, config, run_config: dict) -> Path | None:
     refused: other settings (check_same_run) or other data (data_identity.check_resume, unless allow_data_change)."""
     resume = decide_resume(accelerator, Path(config.output_dir), config.resume_from_checkpoint,
                            config.overwrite_output_dir, verify=not config.skip_checksum)
-    run_config["run_id"] = run_id_for(resume)
+    run_config[RUN_ID] = run_id_for(resume)
     run_config["data"] = data_identity(config.data_dir)  # the shards trained on: other data is refused
     if resume is not None:
         check_same_run(resume, run_config, config)

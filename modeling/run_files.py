@@ -72,6 +72,8 @@ def write_run_config(output_dir: str | Path, run_config: dict) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # metrics.jsonl: the trainer's per-step log
 
+RUN_ID = "run_id"  # the key of the run's id in run_config.json, run_info.json sessions and metrics records
+
 # Fields of a metrics record that measure the machine (time, memory), not the training: they differ between two
 # runs of the same steps, so "the same run" compares the records without them.
 MEASUREMENT_FIELDS = ("step_seconds", "tokens_per_second", "mfu", "data_wait_share", "mem_rss_mb",
@@ -117,17 +119,18 @@ def metrics_text(records: list[dict]) -> str:
 
 
 class MetricsLog:
-    """``output_dir/metrics.jsonl``, appended one record per logged step (main process only)."""
+    """``output_dir/metrics.jsonl``, appended one record per logged step (main process only), each carrying the
+    run's id (``run_id``), so a record is never taken for another run's."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int):
-        self.path, self.enabled = Path(output_dir) / METRICS, enabled
+    def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int, run_id: str | None = None):
+        self.path, self.enabled, self.run_id = Path(output_dir) / METRICS, enabled, run_id
         if enabled and self.path.exists():  # drop what was logged after the checkpoint we resume from
             write_text_atomic(self.path, metrics_text(read_metrics(output_dir, up_to_step=resume_step)))
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record | ({RUN_ID: self.run_id} if self.run_id else {})) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -156,12 +159,12 @@ class RunInfo:
                                 if k in ("python", "torch", "transformers", "accelerate")},
                    "checkpoints": {}}
         if run_id is not None:
-            session["run_id"] = run_id
+            session[RUN_ID] = run_id
         info = cls(output_dir, session)
         old = _read_json(info.path) or {}
         # A fresh run (step 0) starts a fresh record; a resumed one keeps the sessions it continues from.
         # Only this run's sessions: a session of another run (another id) is not part of its wall time.
-        sessions = [s for s in old.get("sessions", []) if s.get("run_id") in (None, run_id)] if start_step > 0 else []
+        sessions = [s for s in old.get("sessions", []) if s.get(RUN_ID) in (None, run_id)] if start_step > 0 else []
         info._write(sessions + [session])
         return info
 
@@ -315,6 +318,8 @@ class RunFacts:
             self.records = []  # not a checkpoint of a run: the output_dir's log is not about this model
         else:
             self.records = read_metrics(self.output_dir, self.step)
+        if own := (self.run_config or {}).get(RUN_ID):  # the checkpoint's run only (records before ids have none)
+            self.records = [r for r in self.records if r.get(RUN_ID) in (None, own)]
         if self.step is None and self.records:
             self.step = self.records[-1]["step"]
         self.evaluations = read_hellaswag_results(self.checkpoint) if self.checkpoint else []

@@ -32,7 +32,7 @@ from modeling.profiling import StepProfiler, snapshot_on_oom
 from modeling.progress import bar as progress_bar
 from modeling.progress import show_record
 from modeling.report import finish_run
-from modeling.run_files import MetricsLog, RunInfo, write_run_config
+from modeling.run_files import RUN_ID, MetricsLog, RunInfo, write_run_config
 from modeling.run_lock import release_run_lock
 from modeling.tokenizer import get_hf_tokenizer
 from modeling.val_loss import bits_per_byte, evaluate_loss, val_set
@@ -125,10 +125,11 @@ class TrainingRun:
 
     def _start_records(self) -> None:
         config, accelerator = self.config, self.accelerator
-        self.metrics = MetricsLog(self.output_dir, accelerator.is_main_process, self.state.step)
+        self.metrics = MetricsLog(self.output_dir, accelerator.is_main_process, self.state.step,
+                                  self.run_config[RUN_ID])
         # Hardware and wall time per session, for the model card.
         self.run_info = RunInfo.start(self.output_dir, accelerator, self.state.step, self.run_config["environment"],
-                                      config.data_dir, self.run_config["run_id"])
+                                      config.data_dir, self.run_config[RUN_ID])
         accelerator.init_trackers(config.run_name, config={k: v for k, v in config.to_dict().items() if v is not None})
         n_params = num_params(self.model)
         self.flops_per_step = flops_per_token(self.model_config, n_params, config.seq_len) * self.tokens_per_step
@@ -271,7 +272,7 @@ class TrainingRun:
         """Plots and the model card, then a clean teardown of the process group."""
         self.run_info.finish(self.state.step)
         if self.accelerator.is_main_process:  # eval.png + lr_schedule.png, and the model card in the final checkpoint
-            finish_run(self.output_dir, ckpt.newest_checkpoint(self.output_dir, self.run_config["run_id"]))
+            finish_run(self.output_dir, ckpt.newest_checkpoint(self.output_dir, self.run_config[RUN_ID]))
         end_training(self.accelerator)
 
 

@@ -1,13 +1,13 @@
 """Helpers for tests that compare training runs: records without the machine's measurements, a crash after a save."""
 
 from modeling import checkpoint as ckpt
-from modeling.run_files import MEASUREMENT_FIELDS
+from modeling.run_files import MEASUREMENT_FIELDS, RUN_ID
 
 
 def strip(metrics: list[dict]) -> list[dict]:
-    """Metrics records without the fields that measure the machine (wall clock, memory): what two runs of the same
-    steps must share bit for bit."""
-    return [{k: v for k, v in m.items() if k not in MEASUREMENT_FIELDS} for m in metrics]
+    """Metrics records without the fields that measure the machine (wall clock, memory) and the run's id (two runs
+    of the same steps are two runs): what they must share bit for bit."""
+    return [{k: v for k, v in m.items() if k not in MEASUREMENT_FIELDS and k != RUN_ID} for m in metrics]
 
 
 def crash_after_saving(monkeypatch, step: int) -> None:

@@ -37,6 +37,13 @@ def test_latest_skips_a_checkpoint_of_another_run_copied_in(tmp_path, data_dir, 
     assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == copied
     assert not (ours / "checkpoint-3").exists()  # ours rotated (save_total_limit 1)
     assert json.loads((ours / "run_config.json").read_text())["run_id"] == ours_id
+    records = run_files.read_metrics(ours)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and {r["run_id"] for r in records} == {ours_id}
+    # A record of another run in the log (a second job that once wrote here) is not this run's to report.
+    with open(ours / run_files.METRICS, "a") as f:
+        f.write(json.dumps({**records[-1], "val_loss": 1.0, "run_id": other_id}) + "\n")
+    facts = run_files.RunFacts(ours / "checkpoint-6")
+    assert facts.records == records and facts.last("val_loss") == records[-1]
     sessions = json.loads((ours / run_files.RUN_INFO).read_text())["sessions"]
     assert [s["run_id"] for s in sessions] == [ours_id, ours_id] and [s["start_step"] for s in sessions] == [0, 3]
     # The card of the finished run is in its own last checkpoint; the other run's copy is left as it was.

@@ -90,7 +90,7 @@ def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_
     assert [m["step"] for m in metrics] == list(range(0, 31))
     # Step 0 is the untrained model's val loss (eval_on_start), so the curve starts at ~ln(vocab).
     start, metrics = metrics[0], metrics[1:]
-    assert set(start) == {"step", "tokens", "val_loss", "val_bpb"}
+    assert set(start) == {"step", "tokens", "val_loss", "val_bpb", "run_id"}
     assert start["val_loss"] == pytest.approx(math.log(50304), abs=0.15)
     assert metrics[0]["loss"] == pytest.approx(math.log(50304), abs=0.15)
     assert np.mean([m["loss"] for m in metrics[-5:]]) < metrics[0]["loss"] - 2.5
