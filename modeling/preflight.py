@@ -437,7 +437,8 @@ def fast_path_summary(run) -> str:
               f"once per step (no_sync on {accum - 1} of {accum} micro-batches)" if accum > 1 else "once per step")
     return (f"fast paths: attention {attention}{kernels} | fused AdamW {'yes' if fused_adamw(run.optimizer) else 'no'}"
             f" | bf16 autocast {'yes' if run.accelerator.mixed_precision == 'bf16' else 'no'}"
-            f" | compile {'yes' if config.compile else 'no'} | gradient all-reduce {reduce}"
+            f" | compile {('regional' if config.compile_regional else 'yes') if config.compile else 'no'}"
+            f" | gradient all-reduce {reduce}"
             " (--preflight shows what actually ran)")
 
 
@@ -714,7 +715,8 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
         report.problems.append(f"fast path off: bf16 is on in the recipe but no matmul ran in bf16 ({dtypes})")
     graphs = compiled["graphs"]
     recompiles = graphs - compiled_after_warmup["graphs"]
-    fast["compile"] = (f"{'yes' if graphs else 'no'}: {graphs} graph(s), {compiled['graph_breaks']} graph break(s), "
+    fast["compile"] = (f"{'yes' if graphs else 'no'}{' (regional)' if config.compile_regional else ''}: {graphs} "
+                       f"graph(s), {compiled['graph_breaks']} graph break(s), "
                        f"{recompiles} recompile(s) after warm-up" if config.compile else "no: compile is off")
     if config.compile and not graphs:
         report.problems.append("fast path off: --compile is on but no graph was compiled (is TORCHDYNAMO_DISABLE set?)")

@@ -34,13 +34,16 @@ def rounds_per_step(events) -> list[list]:
     return steps
 
 
-def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(tmp_path, data_dir):
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
+def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(tmp_path, data_dir, regional):
     """accumulation 2, then resumed with accumulation 4 (same tokens per step); evals, sampling, HellaSwag and
     checkpoints in between. The DDP bucket all-reduces must form exactly one round (each bucket once, ending with
-    the last) per optimizer step, on each rank, and the compiled training graph must never be recompiled."""
+    the last) per optimizer step, on each rank, and the compiled training graph must never be recompiled; the same
+    under regional compilation (--compile_regional: a graph per region, the blocks sharing one)."""
     settings = ["--data_dir", data_dir, "--model_config", "tiny", "--seq_len", 32, "--total_batch_size", 512,
                 "--max_steps", 4, "--warmup_steps", 1, "--learning_rate", 3e-3, "--min_lr", 3e-4, "--bf16", "false",
-                "--compile", "true", "--eval_steps", 1, "--eval_batches", 3, "--num_samples", 1,
+                "--compile", "true", "--compile_regional", str(regional).lower(),
+                "--eval_steps", 1, "--eval_batches", 3, "--num_samples", 1,
                 "--sample_max_new_tokens", 4, "--save_steps", 2, "--report_to", "none"]
     if HELLASWAG_FILE.exists():
         settings += ["--hellaswag_steps", 2, "--hellaswag_limit", 6, "--hellaswag_data", HELLASWAG_FILE]
@@ -66,6 +69,8 @@ def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(t
             # between compiled nothing more and recompiled nothing
             compiles = probe["compiles"]
             assert compiles["end"] == compiles["after_first_step"] and compiles["end"]["recompiles"] == 0, (name, compiles)
+            if regional:  # wte, wpe, dropout, ln_f, the loss and one graph for both blocks; whole: one per DDP bucket
+                assert compiles["end"]["graphs"] == 6, (name, compiles)
 
 
 @pytest.mark.skipif(not HELLASWAG_FILE.exists(), reason=f"needs {HELLASWAG_FILE}")
