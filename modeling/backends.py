@@ -134,7 +134,7 @@ def end_training(accelerator) -> None:
 def training_accelerator(config) -> Accelerator:
     """The training run's Accelerator (``config``: a TrainingConfig), with its accumulation set from the token
     budget; refuses muon under a sharded backend, and seeds every process alike."""
-    from accelerate.utils import GradientAccumulationPlugin, set_seed
+    from accelerate.utils import GradientAccumulationPlugin, TorchDynamoPlugin, set_seed
 
     from modeling.config import derive_accumulation
     from modeling.optimizer import check_backend
@@ -147,7 +147,9 @@ def training_accelerator(config) -> Accelerator:
         step_scheduler_with_optimizer=False,
         # Accumulation follows our step loop, not the end of an epoch (which would shift the sync points).
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
-        dynamo_backend="inductor" if config.compile else None,
+        # regional: accelerate's compile_regions (blocks compiled once and reused, the rest as regions of their own)
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", use_regional_compilation=config.compile_regional)
+        if config.compile else None,
         log_with=config.trackers or None,
         project_dir=config.output_dir,
     )

@@ -268,7 +268,9 @@ def read_run_config(checkpoint: Path) -> dict:
 
 def plain_key(name: str) -> str:
     """A parameter name without torch.compile's (``_orig_mod.``) and DDP's (``module.``) wrapper prefixes, in any
-    order and nesting (the one stripper: checkpoint loading and the nanoGPT converter use it)."""
+    order and nesting (the one stripper: checkpoint loading and the nanoGPT converter use it), also inside a name
+    (regional compilation wraps each block: ``transformer.h.0._orig_mod.ln_1.weight``)."""
+    name = name.replace("._orig_mod.", ".")
     while name.startswith(("_orig_mod.", "module.")):
         name = name.removeprefix("_orig_mod.").removeprefix("module.")
     return name

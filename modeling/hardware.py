@@ -98,5 +98,6 @@ def fast_path_summary(run) -> str:
               f"once per step (no_sync on {accum - 1} of {accum} micro-batches)" if accum > 1 else "once per step")
     return (f"fast paths: attention {attention}{kernels} | fused AdamW {'yes' if fused_adamw(run.optimizer) else 'no'}"
             f" | bf16 autocast {'yes' if run.accelerator.mixed_precision == 'bf16' else 'no'}"
-            f" | compile {'yes' if config.compile else 'no'} | gradient all-reduce {reduce}"
+            f" | compile {('regional' if config.compile_regional else 'yes') if config.compile else 'no'}"
+            f" | gradient all-reduce {reduce}"
             " (--preflight shows what actually ran)")

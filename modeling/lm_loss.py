@@ -76,6 +76,24 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return total / hidden.shape[0]
 
 
+class LMHeadLoss(torch.nn.Module):
+    """The LM head + mean cross-entropy: hidden (N, C), head weight (V, C), targets (N,) -> scalar loss.
+
+    A module of its own with no parameters (the head's weight comes in as an argument): the state dict keeps the
+    stock keys, and regional compilation (``--compile_regional``, accelerate's ``compile_regions``) compiles it as
+    a region of its own, so the loss stays inside a compiled graph there too. ``chunk_tokens=None``: the stock loss
+    on full logits (``F.linear`` is the bias-free ``lm_head``)."""
+
+    def __init__(self, chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS):
+        super().__init__()
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.chunk_tokens is None:
+            return F.cross_entropy(F.linear(hidden, weight), targets)
+        return linear_cross_entropy(hidden, weight, targets, self.chunk_tokens)
+
+
 class CausalLMForTraining(torch.nn.Module):
     """A stock ``GPT2LMHeadModel``'s training forward: (B, T+1) tokens -> mean next-token loss.
 
@@ -90,11 +108,10 @@ class CausalLMForTraining(torch.nn.Module):
         super().__init__()
         self.transformer, self.lm_head = model.transformer, model.lm_head
         self.config, self.chunk_tokens = model.config, chunk_tokens
+        self.loss = LMHeadLoss(chunk_tokens)
         model.set_attn_implementation(ATTN_IMPLEMENTATION)  # shared config: the stock sdpa for all but ours
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each: one window, no shift needed
         hidden = self.transformer(input_ids=inputs, use_cache=False, causal_no_mask=True).last_hidden_state  # (B, T, C)
-        if self.chunk_tokens is None:
-            return F.cross_entropy(self.lm_head(hidden).flatten(0, 1), targets.flatten())
-        return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.chunk_tokens)
+        return self.loss(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())

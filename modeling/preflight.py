@@ -701,7 +701,8 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
         report.problems.append(f"fast path off: bf16 is on in the recipe but no matmul ran in bf16 ({dtypes})")
     graphs = compiled["graphs"]
     recompiles = graphs - compiled_after_warmup["graphs"]
-    fast["compile"] = (f"{'yes' if graphs else 'no'}: {graphs} graph(s), {compiled['graph_breaks']} graph break(s), "
+    fast["compile"] = (f"{'yes' if graphs else 'no'}{' (regional)' if config.compile_regional else ''}: {graphs} "
+                       f"graph(s), {compiled['graph_breaks']} graph break(s), "
                        f"{recompiles} recompile(s) after warm-up" if config.compile else "no: compile is off")
     if config.compile and not graphs:
         report.problems.append("fast path off: --compile is on but no graph was compiled (is TORCHDYNAMO_DISABLE set?)")

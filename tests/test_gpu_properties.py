@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import HELLASWAG_FILE, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
+from helpers import HELLASWAG_FILE, ROOT, cli, launch_cpu, needs_bpe, needs_fineweb, read_metrics, run
 
 pytestmark = [needs_bpe, needs_fineweb]
 
@@ -34,13 +34,21 @@ def rounds_per_step(events) -> list[list]:
     return steps
 
 
-def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(tmp_path, data_dir):
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
+def test_compiled_ddp_all_reduces_once_per_optimizer_step_and_never_recompiles(tmp_path, data_dir, regional):
     """accumulation 2, then resumed with accumulation 4 (same tokens per step); evals, sampling, HellaSwag and
     checkpoints in between. The DDP bucket all-reduces must form exactly one round (each bucket once, ending with
-    the last) per optimizer step, on each rank, and the compiled training graph must never be recompiled."""
-    settings = ["--data_dir", data_dir, "--model_config", "tiny", "--seq_len", 32, "--total_batch_size", 512,
+    the last) per optimizer step, on each rank, and the compiled training graph must never be recompiled; the same
+    under regional compilation (--compile_regional: a graph per region, the blocks sharing one)."""
+    model = "tiny"
+    if regional:  # its block-by-block gradient order puts the embedding last: blocks of > 1 MB for > 1 bucket
+        config = json.loads((ROOT / "configs/model/tiny.json").read_text()) | {"n_embd": 128}
+        (tmp_path / "tiny-128.json").write_text(json.dumps(config))
+        model = tmp_path / "tiny-128.json"
+    settings = ["--data_dir", data_dir, "--model_config", model, "--seq_len", 32, "--total_batch_size", 512,
                 "--max_steps", 4, "--warmup_steps", 1, "--learning_rate", 3e-3, "--min_lr", 3e-4, "--bf16", "false",
-                "--compile", "true", "--eval_steps", 1, "--eval_batches", 3, "--num_samples", 1,
+                "--compile", "true", "--compile_regional", str(regional).lower(),
+                "--eval_steps", 1, "--eval_batches", 3, "--num_samples", 1,
                 "--sample_max_new_tokens", 4, "--save_steps", 2, "--report_to", "none"]
     if HELLASWAG_FILE.exists():
         settings += ["--hellaswag_steps", 2, "--hellaswag_limit", 6, "--hellaswag_data", HELLASWAG_FILE]

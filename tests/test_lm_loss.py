@@ -1,11 +1,12 @@
 """The training forward (issue 11, points 1 and 2): causal flash-eligible SDPA under torch.compile, and the chunked
-LM head + loss giving the stock loss and gradients."""
+LM head + loss giving the stock loss and gradients; both also under regional compilation (issue 17)."""
 
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.utils import compile_regions
 
 from modeling.attention import ATTN_IMPLEMENTATION
 from modeling.lm_loss import CausalLMForTraining, linear_cross_entropy
@@ -34,19 +35,29 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def test_training_forward_calls_sdpa_causal_without_a_mask_eager_and_compiled(sdpa_calls):
+def compiled_as(module: torch.nn.Module, mode: str, **compile_kwargs) -> torch.nn.Module:
+    """What accelerate's prepare makes of the module: --compile (whole) or --compile --compile_regional."""
+    torch._dynamo.reset()
+    return torch.compile(module, **compile_kwargs) if mode == "whole" else compile_regions(module, **compile_kwargs)
+
+
+@pytest.mark.parametrize("mode", ["whole", "regional"])
+def test_training_forward_calls_sdpa_causal_without_a_mask_eager_and_compiled(sdpa_calls, mode):
     model = tiny_model()
     stock = copy.deepcopy(model).train()
     tokens = torch.randint(0, 50257, (2, 33))
     sdpa_calls.clear()
-    stock_loss = causal_lm_loss(torch.compile(stock), tokens)  # the stock model under compile: the slow kernel
-    assert sdpa_calls and all(mask == (2, 1, 32, 32) and not causal for mask, causal in sdpa_calls)
+    if mode == "whole":
+        stock_loss = causal_lm_loss(torch.compile(stock), tokens)  # the stock model under compile: the slow kernel
+        assert sdpa_calls and all(mask == (2, 1, 32, 32) and not causal for mask, causal in sdpa_calls)
+    else:
+        stock_loss = causal_lm_loss(stock, tokens)
 
     training = CausalLMForTraining(model, chunk_tokens=None).train()
     for compiled in (False, True):
         torch._dynamo.reset()
         sdpa_calls.clear()
-        loss = (torch.compile(training) if compiled else training)(tokens)
+        loss = (compiled_as(training, mode) if compiled else training)(tokens)
         assert len(sdpa_calls) == 2 and all(call == (None, True) for call in sdpa_calls), (compiled, sdpa_calls)
         assert loss.item() == pytest.approx(stock_loss.item(), rel=1e-5)
     # The plain model keeps the stock path: same logits as before the switch, padding masks still honoured.
@@ -93,12 +104,22 @@ def test_chunked_loss_and_gradients_equal_the_stock_path_in_fp32(chunk):
         assert CausalLMForTraining(model, chunk).eval()(tokens).item() == pytest.approx(stock_loss.item(), rel=1e-5)
 
 
-def test_chunked_loss_under_bf16_autocast_and_compile_matches_the_stock_path():
+@pytest.mark.parametrize("mode, chunk", [("whole", 48), ("regional", 48), ("regional", None)])
+def test_chunked_loss_under_bf16_autocast_and_compile_matches_the_stock_path(mode, chunk):
+    """Also: the LM head + loss runs inside a compiled graph (regional: a region of its own), never eagerly."""
+    from torch._inductor.compile_fx import compile_fx
+
+    graphs = []
+
+    def recording_inductor(gm, example_inputs):
+        graphs.append(gm)
+        return compile_fx(gm, example_inputs)
+
     model = tiny_model()
     stock = copy.deepcopy(model)
     tokens = torch.randint(0, 50257, (2, 65))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = torch.compile(CausalLMForTraining(model, chunk_tokens=48))(tokens)
+        loss = compiled_as(CausalLMForTraining(model, chunk_tokens=chunk), mode, backend=recording_inductor)(tokens)
         stock_loss = causal_lm_loss(stock, tokens)
     loss.backward()
     stock_loss.backward()
@@ -106,6 +127,12 @@ def test_chunked_loss_under_bf16_autocast_and_compile_matches_the_stock_path():
     stock_params = dict(stock.named_parameters())
     for name, p in model.named_parameters():
         assert p.grad.dtype == torch.float32 and relative_error(p.grad, stock_params[name].grad) < 2e-2, name
+    traced = {str(node.target) for gm in graphs for sub in gm.modules() if isinstance(sub, torch.fx.GraphModule)
+              for node in sub.graph.nodes}
+    loss_op = "cross_entropy" if chunk is None else "logsumexp"
+    assert any(loss_op in op for op in traced) and any("linear" in op for op in traced), sorted(traced)
+    if mode == "regional":  # wte, wpe, dropout, ln_f, the loss, and ONE graph for both blocks (not one each)
+        assert len(graphs) == 6, [len(gm.graph.nodes) for gm in graphs]
 
 
 def test_linear_cross_entropy_scales_with_the_incoming_gradient():

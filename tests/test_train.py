@@ -128,12 +128,14 @@ def test_cpu_training_learns_and_saves_a_transformers_checkpoint(tmp_path, data_
     assert torch.equal(trained["transformer.wte.weight"][:50257], model.transformer.wte.weight)
 
 
-def test_compiled_training_saves_plain_checkpoints_that_resume_uncompiled(tmp_path, data_dir):
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
+def test_compiled_training_saves_plain_checkpoints_that_resume_uncompiled(tmp_path, data_dir, regional):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    compiled = run(out, data_dir, max_steps=3, save_steps=2, eval_steps=2, compile=True, bf16=True)
+    compiled = run(out, data_dir, max_steps=3, save_steps=2, eval_steps=2, compile=True, compile_regional=regional,
+                   bf16=True)
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")  # no torch.compile prefixes in the export
     trained = load_file(out / "checkpoint-2" / ckpt.STATE_DIR / "model.safetensors")
     assert torch.equal(trained["transformer.h.0.attn.c_attn.weight"], model.transformer.h[0].attn.c_attn.weight)
