@@ -159,7 +159,7 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 def newest_checkpoint(output_dir: str | Path, run_id: str | None = None) -> Path | None:
     """The newest complete checkpoint in ``output_dir`` (of the run ``run_id``, when given), or None."""
-    found = [path for _, path in list_checkpoints(output_dir) if run_id is None or run_id_of(path) in (None, run_id)]
+    found = [path for _, path in list_checkpoints(output_dir) if other_run_id(path, run_id) is None]
     return found[-1] if found else None
 
 
@@ -175,6 +175,13 @@ def run_id_of(checkpoint: Path) -> str | None:
         return read_run_config(checkpoint).get(RUN_ID)
     except (FileFormatError, OSError, AttributeError):
         return None
+
+
+def other_run_id(checkpoint: Path, run_id: str | None) -> str | None:
+    """The id of the run that wrote ``checkpoint`` when it is another run than ``run_id`` (copied in, or started
+    elsewhere); None when it is this run's, has no id (older code), or no ``run_id`` is given to compare with."""
+    other = run_id_of(checkpoint) if run_id is not None else None
+    return other if other not in (None, run_id) else None
 
 
 def owner_run_id(output_dir: str | Path) -> str | None:
@@ -232,7 +239,7 @@ def find_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None, 
             log(f"skipping {path}: not a complete checkpoint ({reason})")
         owner = owner_run_id(output_dir)
         for _, path in reversed(list_checkpoints(output_dir)):
-            if owner and (other := run_id_of(path)) not in (None, owner):  # copied in, or a run started elsewhere
+            if other := other_run_id(path, owner):
                 log(f"skipping {path}: a checkpoint of another run (run id {other}; {output_dir}'s run is {owner})")
                 continue
             check_format(path)
@@ -424,7 +431,7 @@ def _save_error_message(error: BaseException | None, final: Path, output_dir: Pa
 def set_aside_other_run(final: Path, run_id: str | None, log=print) -> None:
     """A checkpoint of another run (copied in) where this run is about to save the same step is renamed to
     ``checkpoint-N.run-<its id>``, kept whole and no longer a checkpoint name, rather than deleted."""
-    if run_id is None or not final.is_dir() or (other := run_id_of(final)) in (None, run_id):
+    if not final.is_dir() or (other := other_run_id(final, run_id)) is None:
         return
     aside = final.with_name(f"{final.name}.run-{other}")
     final.rename(aside)
@@ -440,7 +447,7 @@ def rotate_checkpoints(output_dir: Path, keep: int | None, keep_also: Path | Non
     if keep is None or keep < 1:
         return
     candidates = [path for _, path in list_checkpoints(output_dir)
-                  if path != keep_also and (run_id is None or run_id_of(path) in (None, run_id))]
+                  if path != keep_also and other_run_id(path, run_id) is None]
     for path in candidates[:max(0, len(candidates) - (keep - (keep_also is not None)))]:
         remove(path)
 
