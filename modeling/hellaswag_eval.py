@@ -62,7 +62,7 @@ def evaluate_hellaswag(args: HellaSwagEvalArguments, log: Callable[[str], None] 
         raise ConfigError(str(e)) from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from modeling.hellaswag import CONVENTIONS, load_examples, score_hellaswag
     from modeling.progress import quiet_library_bars
@@ -91,9 +91,9 @@ def evaluate_hellaswag(args: HellaSwagEvalArguments, log: Callable[[str], None] 
     if args.backend in ("ours", "both"):
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path)
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, args.dtype)).to(device)
         except OSError as e:
             raise ConfigError(f"cannot load the checkpoint {model_path}: {e}") from None
+        model = _load_model(model_path, args.dtype).to(device)
         try:
             result = score_hellaswag(model, tokenizer, examples, batch_size=args.batch_size, accelerator=accelerator,
                                      show_progress=progress, conventions=conventions)
@@ -157,16 +157,20 @@ def evaluate_hellaswag(args: HellaSwagEvalArguments, log: Callable[[str], None] 
     return report
 
 
-def _check_finite_checkpoint(model_path: str, dtype: str) -> None:
-    """NonFiniteModelError (one line) if the checkpoint's weights hold a NaN or an infinity: lm-eval loads the model
-    itself and would turn them into an accuracy (argmax over NaNs)."""
+def _load_model(model_path: str, dtype: str):
+    """The checkpoint's model in ``dtype``; a folder or Hub id that does not hold one is a ConfigError (one line)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from modeling.faults import check_finite_weights
-
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     except OSError as e:
         raise ConfigError(f"cannot load the checkpoint {model_path}: {e}") from None
-    check_finite_weights(model, "HellaSwag")
+
+
+def _check_finite_checkpoint(model_path: str, dtype: str) -> None:
+    """NonFiniteModelError (one line) if the checkpoint's weights hold a NaN or an infinity: lm-eval loads the model
+    itself and would turn them into an accuracy (argmax over NaNs)."""
+    from modeling.faults import check_finite_weights
+
+    check_finite_weights(_load_model(model_path, dtype), "HellaSwag")
