@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 import torch
 
 from modeling.backends import accelerator_kwargs
+from modeling.checkpoint import find_checkpoint, read_train_state
 from modeling.config import TrainingConfig
 from modeling.hardware import peak_flops_source
 from modeling.memory import peak_memory_since_last
@@ -153,8 +154,6 @@ def check_data(report: Report, train_windows: int, seq_len: int, windows_per_ste
 def resume_step(config: TrainingConfig) -> tuple[int, Path | None]:
     """The step the real run would start from, and the checkpoint it would resume (read-only: the sha256 check is
     the real run's; a bad --resume_from_checkpoint path is its one-line error here too)."""
-    from modeling.checkpoint import find_checkpoint, read_train_state
-
     if not config.resume_from_checkpoint:
         return 0, None
     found = find_checkpoint(config.output_dir, config.resume_from_checkpoint, log=lambda _: None, verify=False)
@@ -476,6 +475,7 @@ def run_preflight(config: TrainingConfig, log: Callable[[str], None] = print) ->
 def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None:
     from accelerate.utils import broadcast_object_list
 
+    start_step, resumed_from = resume_step(config)  # first: a bad --resume_from_checkpoint ends it in seconds
     built_from = time.perf_counter()
     run = TrainingRun(scratch_config(config, scratch / "run"))
     acc, device, B = run.accelerator, run.device, config.per_device_train_batch_size
@@ -667,7 +667,6 @@ def _measure(config: TrainingConfig, scratch: Path, report: Report, log) -> None
                    headroom=f"{(headroom['host_available_mb'] or 0) - rss * (world - 1):,.0f} MB")
 
     # ---- time, disk, data ----
-    start_step, resumed_from = resume_step(config)
     events = run_events(config, hellaswag_on, start_step)
     projected = project(config, timings, events, start_step)
     report.add("time", steps=f"{start_step:,} -> {config.max_steps:,}"
