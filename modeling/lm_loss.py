@@ -107,7 +107,7 @@ class CausalLMForTraining(torch.nn.Module):
     def __init__(self, model: GPT2LMHeadModel, chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS):
         super().__init__()
         self.transformer, self.lm_head = model.transformer, model.lm_head
-        self.config, self.chunk_tokens = model.config, chunk_tokens
+        self.config = model.config
         self.loss = LMHeadLoss(chunk_tokens)
         model.set_attn_implementation(ATTN_IMPLEMENTATION)  # shared config: the stock sdpa for all but ours
 

@@ -21,6 +21,7 @@ number comes from the run's own files, and a number they do not hold is left out
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import sys
@@ -282,14 +283,7 @@ def param_count(checkpoint: Path) -> int | None:
         return None
     with open(path, "rb") as f:  # safetensors: 8-byte little-endian header size, then a JSON header of the tensors
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-    total = 0
-    for name, tensor in header.items():
-        if name != "__metadata__":
-            count = 1
-            for size in tensor["shape"]:
-                count *= size
-            total += count
-    return total
+    return sum(math.prod(tensor["shape"]) for name, tensor in header.items() if name != "__metadata__")
 
 
 def fmt_count(n: float) -> str:
