@@ -1,12 +1,14 @@
 """Benchmark: Muon + AdamW against AdamW at equal tokens, identical batches, several seeds (issue 18, section 3).
 
     python bench/optimizer.py --quick          # minutes: the same table on a tiny horizon
-    python bench/optimizer.py                  # about an hour on one idle CPU core (estimated: see bench/README.md)
+    python bench/optimizer.py --bf16           # the full mode: 16 runs, ~80 min on 2 idle Xeon cores with AMX
     python bench/optimizer.py --ablations      # Muon variants at the tuned LR: Conv1D orientation, QKV one vs three
 
 Every arm is the trainer itself (modeling.trainer.train on FineWeb-Edu shards made by modeling.prepare from the
 shared sample), so the optimizer, its parameter groups and the schedule are the library's. At one seed all arms see
-the same batches in the same order (the trainer's seeded sampler) and the same initial weights. Arms:
+the same batches in the same order (the trainer's seeded sampler) and the same initial weights. Runs go to --jobs
+worker processes, each pinned to a core of its own with one thread, in an order that runs the LR sweeps first (they
+decide the other runs' settings); a run's losses equal a one-thread --jobs 1 run's exactly. Arms:
   (a) reference  AdamW with the reference recipe's LR rule: 6e-4 peak, min_lr = peak/10, warmup 715/19073 of the
                  steps, cosine
   (b) adamw      AdamW, the peak LR tuned by a sweep at the first seed (same warmup share, min_lr = peak/10, cosine)
@@ -22,6 +24,7 @@ Targets: the best of (c)/(d) reaches (a)'s final val loss in <= 0.6x the tokens 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -41,9 +44,10 @@ REFERENCE_WARMUP_SHARE = 715 / 19073  # the 124M recipe's warmup as a share of i
 MODES = {  # model (layers, width, heads), seq_len, micro-batch, steps, evaluations
     "quick": dict(layers=2, width=128, heads=2, seq=64, batch=8, steps=60, evals=3, eval_batches=8,
                   adamw_lrs="1e-3,3e-3", muon_lrs="0.01,0.03", seeds=2),
-    # ~0.45 s a step on an idle core (22 GFLOP at ~50 GFLOP/s): 12 runs x 600 steps, about an hour
-    "default": dict(layers=4, width=128, heads=2, seq=64, batch=8, steps=600, evals=6, eval_batches=8,
-                    adamw_lrs="1.5e-3,3e-3,6e-3", muon_lrs="0.015,0.03,0.06", seeds=2),
+    # 12.3M parameters, 2,048 tokens a step: ~1.46 s a step with --bf16 on a Xeon core with AMX (~0.8M tokens in
+    # 10 min); 16 runs on 2 workers, about 80 min there. fp32 is ~1.8x slower a step; see bench/README.md
+    "default": dict(layers=6, width=192, heads=3, seq=128, batch=16, steps=400, evals=8, eval_batches=8,
+                    adamw_lrs="1e-3,2e-3,4e-3", muon_lrs="0.01,0.02,0.04", seeds=3),
 }
 
 
@@ -124,6 +128,118 @@ def table(arms: dict[str, list[dict]], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def _worker_init(cores) -> None:
+    """A pool worker: one core of its own, one thread (the fp32 losses then do not depend on --jobs)."""
+    import torch
+
+    core = cores.get()
+    os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+
+
+def run_spec(spec: dict, args, data_dir: Path, model_json: Path, work: Path) -> dict:
+    """One arm at one seed (a pool task: it must be a module-level function)."""
+    overrides = {**spec["overrides"], "seed": spec["seed"]}
+    stored_orientation = overrides.pop("_stored_orientation", False)
+    name = f"{spec['key']} {spec['label']} seed{spec['seed']}"
+    if not stored_orientation:
+        result = run_arm(name, overrides, args, data_dir, model_json, work)
+    else:  # ablation (o1): torch's rule applied to the stored Conv1D (in, out) shape, i.e. no orientation factor
+        import modeling.optimizer as opt
+        saved, opt.muon_lr_factor = opt.muon_lr_factor, lambda *_: 1.0
+        try:
+            result = run_arm(name, overrides, args, data_dir, model_json, work)
+        finally:
+            opt.muon_lr_factor = saved
+    return {**result, **spec, "label": f"{spec['key']} {spec['label']}"}
+
+
+def spec(key: str, label: str, overrides: dict, seed: int) -> dict:
+    return {"key": key, "label": label, "overrides": overrides, "seed": seed}
+
+
+def arm_plan(args, seeds: list[int], runs: list[dict]) -> list[dict]:
+    """Every run the arms need that is known from the runs done so far, the ones that unblock others first.
+
+    The (b) sweep at the first seed decides AdamW's LR, which (c)'s sweep and every (b), (c), (d) run use; the (c)
+    sweep decides Muon's. A sweep's best run is also that arm's run at the first seed, so it is not run twice."""
+    final = lambda r: r["curve"][-1][1]  # noqa: E731
+    sweep_done = lambda key, n: len([r for r in runs if r["key"] == key and r["seed"] == seeds[0]]) >= n  # noqa: E731
+    adamw_lrs, muon_lrs = [float(v) for v in args.adamw_lrs.split(",")], [float(v) for v in args.muon_lrs.split(",")]
+    plan = []
+    adamw_lr = args.adamw_lr
+    if adamw_lr is None:
+        plan += [spec("(b)", f"AdamW lr {lr:g}", {"learning_rate": lr}, seeds[0]) for lr in adamw_lrs]
+        if sweep_done("(b)", len(adamw_lrs)):
+            adamw_lr = min((r for r in runs if r["key"] == "(b)" and r["seed"] == seeds[0]), key=final)["overrides"]["learning_rate"]
+    muon_lr = args.muon_lr
+    if adamw_lr is not None:
+        muon_at = lambda lr: {"optimizer": "muon", "learning_rate": adamw_lr, "muon_learning_rate": lr}  # noqa: E731
+        if muon_lr is None:
+            plan += [spec("(c)", f"Muon lr {lr:g}", muon_at(lr), seeds[0]) for lr in muon_lrs]
+            if sweep_done("(c)", len(muon_lrs)):
+                muon_lr = min((r for r in runs if r["key"] == "(c)" and r["seed"] == seeds[0]), key=final)["overrides"]["muon_learning_rate"]
+        plan += [spec("(b)", f"AdamW lr {adamw_lr:g}", {"learning_rate": adamw_lr}, s) for s in seeds]
+    if muon_lr is not None and adamw_lr is not None:
+        muon = muon_at(muon_lr)
+        plan += [spec("(c)", f"Muon lr {muon_lr:g}", muon, s) for s in seeds]
+        plan += [spec("(d)", f"Muon lr {muon_lr:g} wsd", {**muon, "lr_scheduler_type": "wsd"}, s) for s in seeds]
+    plan += [spec("(a)", "AdamW reference 6e-4", {"learning_rate": 6e-4}, s) for s in seeds]  # fills idle workers
+    return plan
+
+
+def ablation_plan(args, seeds: list[int]) -> list[dict]:
+    adamw_lr, muon_lr = args.adamw_lr or 2e-3, args.muon_lr or 0.02
+    muon = {"optimizer": "muon", "learning_rate": adamw_lr, "muon_learning_rate": muon_lr}
+    variants = [("(c)", "muon original, Linear orientation (ours)", {}),
+                ("(o1)", "muon original, stored orientation (torch as is)", {"_stored_orientation": True}),
+                ("(o2)", "muon adjust none", {"muon_adjust_lr": "none"}),
+                ("(o3)", "muon match_rms_adamw at the AdamW LR", {"muon_adjust_lr": "match_rms_adamw",
+                                                                   "muon_learning_rate": adamw_lr}),
+                ("(q)", "muon QKV as three", {"muon_split_qkv": True})]
+    return [spec(key, label, {**muon, **extra}, seed) for seed in seeds for key, label, extra in variants
+            if key.strip("()") in args.ablation_arms.split(",")]
+
+
+def run_all(plan_fn, args, run_one) -> list[dict]:
+    """Run every spec ``plan_fn(runs)`` lists, on ``args.jobs`` workers, until the plan has nothing new."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    runs: list[dict] = []
+    ident = lambda s: (s["key"], s["label"], s["seed"])  # noqa: E731
+    started: set = set()
+    pending: dict[Future, dict] = {}
+    pool = None
+    if args.jobs > 1:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no accelerate state shared
+        cores = context.Queue()
+        for core in sorted(os.sched_getaffinity(0))[:args.jobs]:
+            cores.put(core)
+        pool = ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init, initargs=(cores,))
+    try:
+        while True:
+            for s in plan_fn(runs):
+                if ident(s) in started or (pool is None and pending) or len(pending) >= args.jobs:
+                    continue
+                started.add(ident(s))
+                if pool is None:
+                    future: Future = Future()
+                    future.set_result(run_one(s))
+                else:
+                    future = pool.submit(run_one, s)
+                pending[future] = s
+            if not pending:
+                return runs
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.pop(future)
+                runs.append(future.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model and horizon: minutes")
@@ -137,7 +253,14 @@ def main() -> None:
     parser.add_argument("--ablation_arms", default="c,o1,o2,q", help="with --ablations: which of c, o1, o2, o3, q")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32: the same on every CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's curve here")
+    cores = sorted(os.sched_getaffinity(0))
+    parser.add_argument("--jobs", type=int, default=len(cores),
+                        help=f"runs at once, each on a core of its own with one thread (default: every core, {len(cores)}"
+                             " here); 1: one run at a time in this process, on its threads (OMP_NUM_THREADS=1 for "
+                             "the same losses as any --jobs)")
     args = parser.parse_args()
+    if not 1 <= args.jobs <= len(cores):
+        parser.error(f"--jobs {args.jobs}: this process may use {len(cores)} core(s); pass 1 to {len(cores)}")
     for key, value in MODES["quick" if args.quick else "default"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -149,10 +272,11 @@ def main() -> None:
     from modeling.prepare import PrepareArguments, prepare_shards
 
     hf_logging.disable_progress_bar()
-    print(f"torch threads {torch.get_num_threads()}; model {args.layers}x{args.width} ({args.heads} heads), "
+    threads = f"{torch.get_num_threads()} thread(s)" if args.jobs == 1 else f"{args.jobs} workers x 1 thread"
+    print(f"{threads}; model {args.layers}x{args.width} ({args.heads} heads), "
           f"T={args.seq}, B={args.batch}, {args.steps} steps = {args.steps * args.batch * args.seq / 1e6:.2f}M tokens",
           file=sys.stderr, flush=True)
-    runs: list[dict] = []
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = load_model_config("small")
@@ -166,63 +290,12 @@ def main() -> None:
                                         max_tokens=train_tokens + val_tokens, shard_size=max(train_tokens // 4, 10 * window),
                                         val_tokens=val_tokens), progress=False)
         seeds = [1337 + i for i in range(args.seeds)]
-
-        def arm(key: str, label: str, overrides: dict, seed: int) -> dict:
-            result = run_arm(f"{key} {label} seed{seed}", {**overrides, "seed": seed}, args, work / "data", model_json, work)
-            result.update(key=key, label=f"{key} {label}", seed=seed)
-            runs.append(result)
-            return result
-
-        final = lambda r: r["curve"][-1][1]  # noqa: E731
-        if args.ablations:
-            adamw_lr, muon_lr = args.adamw_lr or 2e-3, args.muon_lr or 0.02
-            muon = {"optimizer": "muon", "learning_rate": adamw_lr, "muon_learning_rate": muon_lr}
-            variants = [("(c)", "muon original, Linear orientation (ours)", {}),
-                        ("(o1)", "muon original, stored orientation (torch as is)", {"_stored_orientation": True}),
-                        ("(o2)", "muon adjust none", {"muon_adjust_lr": "none"}),
-                        ("(o3)", "muon match_rms_adamw at the AdamW LR", {"muon_adjust_lr": "match_rms_adamw",
-                                                                           "muon_learning_rate": adamw_lr}),
-                        ("(q)", "muon QKV as three", {"muon_split_qkv": True})]
-            variants = [v for v in variants if v[0].strip("()") in args.ablation_arms.split(",")]
-            for seed in seeds:
-                for key, label, extra in variants:
-                    over = {**muon, **extra}
-                    if over.pop("_stored_orientation", False):
-                        import modeling.optimizer as opt
-                        saved, opt.muon_lr_factor = opt.muon_lr_factor, lambda *_: 1.0
-                        try:
-                            arm(key, label, over, seed)
-                        finally:
-                            opt.muon_lr_factor = saved
-                    else:
-                        arm(key, label, over, seed)
-            baseline = "(c)"
-        else:
-            arm("(a)", "AdamW reference 6e-4", {"learning_rate": 6e-4}, seeds[0])
-            if args.adamw_lr is None:
-                sweep = [arm("(b)", f"AdamW lr {lr:g}", {"learning_rate": lr}, seeds[0])
-                         for lr in map(float, args.adamw_lrs.split(","))]
-                best_b = min(sweep, key=final)
-                adamw_lr = best_b["overrides"]["learning_rate"]
-            else:
-                adamw_lr = args.adamw_lr
-            if args.muon_lr is None:
-                sweep = [arm("(c)", f"Muon lr {lr:g}", {"optimizer": "muon", "learning_rate": adamw_lr,
-                                                         "muon_learning_rate": lr}, seeds[0])
-                         for lr in map(float, args.muon_lrs.split(","))]
-                muon_lr = min(sweep, key=final)["overrides"]["muon_learning_rate"]
-            else:
-                muon_lr = args.muon_lr
-            muon = {"optimizer": "muon", "learning_rate": adamw_lr, "muon_learning_rate": muon_lr}
-            for seed in seeds:
-                for key, label, over in (("(a)", "AdamW reference 6e-4", {"learning_rate": 6e-4}),
-                                         ("(b)", f"AdamW lr {adamw_lr:g}", {"learning_rate": adamw_lr}),
-                                         ("(c)", f"Muon lr {muon_lr:g}", muon),
-                                         ("(d)", f"Muon lr {muon_lr:g} wsd", {**muon, "lr_scheduler_type": "wsd"})):
-                    if not any(r["key"] == key and r["seed"] == seed and r["overrides"] == {**over, "seed": seed}
-                               for r in runs):
-                        arm(key, label, over, seed)
-            baseline = "(b)"
+        run_one = functools.partial(run_spec, args=args, data_dir=work / "data", model_json=model_json, work=work)
+        plan_fn = (lambda runs: ablation_plan(args, seeds)) if args.ablations else (lambda runs: arm_plan(args, seeds, runs))
+        runs = run_all(plan_fn, args, run_one)
+        baseline = "(c)" if args.ablations else "(b)"
+    runs.sort(key=lambda r: (r["key"], r["label"], r["seed"]))
+    final = lambda r: r["curve"][-1][1]  # noqa: E731
 
     # The final arms: every seed of the chosen settings (the sweep's other LRs are listed separately).
     chosen: dict[str, list[dict]] = {}
@@ -233,12 +306,13 @@ def main() -> None:
     sweeps = [r for r in runs if len([s for s in runs if s["label"] == r["label"]]) < len(seeds)]
     print(f"\n{args.layers}x{args.width} GPT-2 ({args.heads} heads), T={args.seq}, B={args.batch}, {args.steps} steps, "
           f"{args.steps * args.batch * args.seq / 1e6:.2f}M tokens per run, {'bf16' if args.bf16 else 'fp32'}, "
-          f"{torch.get_num_threads()} thread(s), seeds {seeds}\n")
+          f"{threads}, seeds {seeds}\n")
     print(table(chosen, baseline))
     if sweeps:
         print("\nsweep at seed %d (final val loss): " % seeds[0]
               + ", ".join(f"{r['label']} {final(r):.3f}" for r in sweeps))
-    print(f"\ntotal wall time {sum(r['wall_seconds'] for r in runs) / 60:.1f} min")
+    print(f"\nwall time {(time.perf_counter() - started) / 60:.1f} min on {args.jobs} worker(s) "
+          f"({sum(r['wall_seconds'] for r in runs) / 60:.1f} min of runs)")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
 
