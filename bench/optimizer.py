@@ -163,22 +163,23 @@ def arm_plan(args, seeds: list[int], runs: list[dict]) -> list[dict]:
 
     The (b) sweep at the first seed decides AdamW's LR, which (c)'s sweep and every (b), (c), (d) run use; the (c)
     sweep decides Muon's. A sweep's best run is also that arm's run at the first seed, so it is not run twice."""
-    final = lambda r: r["curve"][-1][1]  # noqa: E731
-    sweep_done = lambda key, n: len([r for r in runs if r["key"] == key and r["seed"] == seeds[0]]) >= n  # noqa: E731
+    def best_of_sweep(key: str, size: int, field: str) -> float | None:
+        """The swept setting with the lowest final val loss once all ``size`` first-seed runs of ``key`` are done."""
+        sweep = [r for r in runs if r["key"] == key and r["seed"] == seeds[0]]
+        return min(sweep, key=lambda r: r["curve"][-1][1])["overrides"][field] if len(sweep) >= size else None
+
     adamw_lrs, muon_lrs = [float(v) for v in args.adamw_lrs.split(",")], [float(v) for v in args.muon_lrs.split(",")]
     plan = []
     adamw_lr = args.adamw_lr
     if adamw_lr is None:
         plan += [spec("(b)", f"AdamW lr {lr:g}", {"learning_rate": lr}, seeds[0]) for lr in adamw_lrs]
-        if sweep_done("(b)", len(adamw_lrs)):
-            adamw_lr = min((r for r in runs if r["key"] == "(b)" and r["seed"] == seeds[0]), key=final)["overrides"]["learning_rate"]
+        adamw_lr = best_of_sweep("(b)", len(adamw_lrs), "learning_rate")
     muon_lr = args.muon_lr
     if adamw_lr is not None:
         muon_at = lambda lr: {"optimizer": "muon", "learning_rate": adamw_lr, "muon_learning_rate": lr}  # noqa: E731
         if muon_lr is None:
             plan += [spec("(c)", f"Muon lr {lr:g}", muon_at(lr), seeds[0]) for lr in muon_lrs]
-            if sweep_done("(c)", len(muon_lrs)):
-                muon_lr = min((r for r in runs if r["key"] == "(c)" and r["seed"] == seeds[0]), key=final)["overrides"]["muon_learning_rate"]
+            muon_lr = best_of_sweep("(c)", len(muon_lrs), "muon_learning_rate")
         plan += [spec("(b)", f"AdamW lr {adamw_lr:g}", {"learning_rate": adamw_lr}, s) for s in seeds]
     if muon_lr is not None and adamw_lr is not None:
         muon = muon_at(muon_lr)
@@ -220,7 +221,7 @@ def run_all(plan_fn, args, run_one) -> list[dict]:
     try:
         while True:
             for s in plan_fn(runs):
-                if ident(s) in started or (pool is None and pending) or len(pending) >= args.jobs:
+                if ident(s) in started or len(pending) >= args.jobs:  # --jobs 1: one run at a time, inline
                     continue
                 started.add(ident(s))
                 if pool is None:
